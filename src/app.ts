@@ -1,0 +1,61 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Config } from './config.js'
+import { latestMigrationId } from './db/migrations.js'
+import database from './plugins/database.js'
+import errors from './plugins/errors.js'
+import jsonBodies from './plugins/json-bodies.js'
+import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
+import health from './routes/health.js'
+import legacyUser from './routes/legacy-user.js'
+import users from './routes/users.js'
+import { describeValidationErrors, validatorCompiler } from './validation.js'
+
+/** Users' bodies are a name and an email: anything near this is not one. */
+export const BODY_LIMIT_BYTES = 16 * 1024
+const READY_TIMEOUT_MS = 1_000
+
+export interface AppOverrides {
+  /** Replaces the logger built from the config (tests pass `false`). */
+  logger?: FastifyServerOptions['logger']
+}
+
+/**
+ * Builds the whole service from its configuration, without listening, so
+ * the server and the tests run the very same app.
+ */
+export async function buildApp (config: Config, overrides: AppOverrides = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: overrides.logger ?? {
+      level: config.logLevel,
+      ...(config.logPretty ? { transport: { target: 'pino-pretty' } } : {})
+    },
+    genReqId: requestIdOf,
+    requestIdHeader: false,
+    logController: new OneLinePerRequest(),
+    bodyLimit: BODY_LIMIT_BYTES,
+    schemaErrorFormatter: (errors, dataVar) => new Error(describeValidationErrors(errors, dataVar))
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  app.setValidatorCompiler(validatorCompiler)
+
+  await app.register(requestId)
+  await app.register(errors)
+  await app.register(jsonBodies)
+  await app.register(database, {
+    connectionString: config.databaseUrl,
+    poolMax: config.database.poolMax,
+    connectTimeoutMs: config.database.connectTimeoutMs,
+    statementTimeoutMs: config.database.statementTimeoutMs
+  })
+
+  await app.register(health, {
+    prefix: '/health',
+    latestMigrationId: await latestMigrationId(),
+    readyTimeoutMs: READY_TIMEOUT_MS
+  })
+  await app.register(users, { prefix: '/api/users' })
+  await app.register(legacyUser, { prefix: '/api/user' })
+
+  return app
+}

@@ -1,0 +1,113 @@
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+// Each variable's `description` is what start-up prints when the value is
+// missing or wrong, so it reads as "VARIABLE must be <description>".
+const integer = (minimum: number, maximum: number, fallback: number) =>
+  Type.Integer({ minimum, maximum, default: fallback, description: `an integer from ${minimum} to ${maximum}` })
+
+const boolean = (fallback: boolean) =>
+  Type.Boolean({ default: fallback, description: 'true or false' })
+
+export const ConfigSchema = Type.Object({
+  DATABASE_URL: Type.String({
+    pattern: '^postgres(ql)?://',
+    description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
+    secret: true
+  }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'a host name or IP address to listen on' }),
+  PORT: integer(0, 65535, 3000),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    { default: 'info', description: 'one of fatal, error, warn, info, debug, trace, silent' }
+  ),
+  LOG_PRETTY: boolean(false),
+  DATABASE_POOL_MAX: integer(1, 1000, 10),
+  DATABASE_CONNECT_TIMEOUT_MS: integer(100, 60_000, 2_000),
+  DATABASE_STATEMENT_TIMEOUT_MS: integer(100, 600_000, 5_000),
+  MIGRATE_ON_START: boolean(true),
+  MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
+  SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000)
+})
+
+type Env = Static<typeof ConfigSchema>
+
+export interface Config {
+  databaseUrl: string
+  host: string
+  port: number
+  logLevel: Env['LOG_LEVEL']
+  logPretty: boolean
+  database: {
+    poolMax: number
+    connectTimeoutMs: number
+    statementTimeoutMs: number
+  }
+  migrateOnStart: boolean
+  migrationsTimeoutMs: number
+  shutdownGraceMs: number
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+/**
+ * Reads the configuration from an environment once. Throws a ConfigError
+ * whose message is one line naming the first bad variable and what it expects.
+ */
+export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
+  const raw: Record<string, unknown> = {}
+  for (const name of Object.keys(ConfigSchema.properties)) {
+    const value = env[name]
+    // An empty variable (`PORT=`) means "not set", as in most shells' habits.
+    if (value !== undefined && value !== '') raw[name] = value
+  }
+
+  const parsed = Value.Default(ConfigSchema, fromText(raw))
+  const error = Value.Errors(ConfigSchema, parsed).First()
+  if (error !== undefined) {
+    const name = error.path.split('/')[1] ?? ''
+    throw new ConfigError(describeProblem(name, raw[name]))
+  }
+
+  const valid = parsed as Env
+  return {
+    databaseUrl: valid.DATABASE_URL,
+    host: valid.HOST,
+    port: valid.PORT,
+    logLevel: valid.LOG_LEVEL,
+    logPretty: valid.LOG_PRETTY,
+    database: {
+      poolMax: valid.DATABASE_POOL_MAX,
+      connectTimeoutMs: valid.DATABASE_CONNECT_TIMEOUT_MS,
+      statementTimeoutMs: valid.DATABASE_STATEMENT_TIMEOUT_MS
+    },
+    migrateOnStart: valid.MIGRATE_ON_START,
+    migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,
+    shutdownGraceMs: valid.SHUTDOWN_GRACE_MS
+  }
+}
+
+/**
+ * Turns the text of integer and boolean variables into their types, and only
+ * text that is exactly one (TypeBox's own Convert would read "80.5" as 80).
+ */
+function fromText (raw: Record<string, unknown>): Record<string, unknown> {
+  const typed: Record<string, unknown> = { ...raw }
+  for (const [name, value] of Object.entries(raw)) {
+    const type = (ConfigSchema.properties as Record<string, TSchema>)[name]?.type
+    if (type === 'integer' && /^[+-]?\d{1,15}$/.test(String(value))) typed[name] = Number(value)
+    if (type === 'boolean' && (value === 'true' || value === 'false')) typed[name] = value === 'true'
+  }
+  return typed
+}
+
+function describeProblem (name: string, given: unknown): string {
+  const schema: TSchema | undefined = (ConfigSchema.properties as Record<string, TSchema>)[name]
+  const expected = String(schema?.description ?? 'valid')
+  if (given === undefined) return `${name} is required: set it to ${expected}`
+  // Secrets (the database password lives in DATABASE_URL) are never echoed.
+  const shown = schema?.secret === true ? '' : ` (got ${JSON.stringify(given)})`
+  return `${name} must be ${expected}${shown}`
+}

@@ -1,0 +1,25 @@
+// How a failure of the database reads to a client of the API.
+
+// SQLSTATE classes and codes: https://www.postgresql.org/docs/current/errcodes-appendix.html
+const UNIQUE_VIOLATION = '23505'
+const UNAVAILABLE_CLASSES = ['08', '53', '57'] // connection, resources, operator intervention (shutdown, cancel)
+const INVALID_TEXT_CODES = ['22021', '22P05'] // invalid byte sequence, untranslatable character
+
+// node-postgres reports lost or refused connections as plain errors.
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
+const NETWORK_MESSAGES = /^(Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end)/
+
+export type DatabaseFailure = 'unavailable' | 'unique-violation' | 'invalid-text'
+
+export function classifyDatabaseError (error: unknown): DatabaseFailure | undefined {
+  if (!(error instanceof Error)) return undefined
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string') {
+    if (code === UNIQUE_VIOLATION) return 'unique-violation'
+    if (INVALID_TEXT_CODES.includes(code)) return 'invalid-text'
+    if (/^[0-9A-Z]{5}$/.test(code) && UNAVAILABLE_CLASSES.includes(code.slice(0, 2))) return 'unavailable'
+    if (NETWORK_CODES.has(code)) return 'unavailable'
+  }
+  if (NETWORK_MESSAGES.test(error.message)) return 'unavailable'
+  return undefined
+}

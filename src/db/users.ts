@@ -1,0 +1,74 @@
+// Every SQL statement of the users resource, hand-written and parameterized.
+// Hot statements are named, so each connection prepares them once.
+import type { Pool, PoolClient } from 'pg'
+import QueryStream from 'pg-query-stream'
+import type { LegacyUser, User } from '../schemas/users.js'
+import { databaseTypes } from './types.js'
+
+// The API's user shape, with timestamps formatted by PostgreSQL as
+// ISO-8601 UTC with milliseconds ("2026-11-27T10:00:00.000Z").
+const USER_COLUMNS = `id, name, email,
+  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
+  to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "updatedAt"`
+
+const SQL = {
+  insert: `INSERT INTO users (name, email) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`,
+  findById: `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`,
+  // Keyset paging: ascending ids after the cursor, so a walk sees every user
+  // that existed throughout it exactly once, whatever is written meanwhile.
+  listAfter: `SELECT ${USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
+  update: `UPDATE users
+    SET name = coalesce($2, name),
+        email = CASE WHEN $3::boolean THEN $4 ELSE email END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING ${USER_COLUMNS}`,
+  delete: 'DELETE FROM users WHERE id = $1',
+  listAllIdsAndNames: 'SELECT id, name FROM users ORDER BY id'
+} as const
+
+export async function insertUser (db: Pool, name: string, email: string | null): Promise<User> {
+  const { rows } = await db.query<User>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
+  return rows[0] as User
+}
+
+export async function findUserById (db: Pool, id: number): Promise<User | undefined> {
+  const { rows } = await db.query<User>({ name: 'users.find-by-id', text: SQL.findById, values: [id] })
+  return rows[0]
+}
+
+/** Up to `limit` users with ids above `after`, in ascending id order. */
+export async function listUsersAfter (db: Pool, after: number, limit: number): Promise<User[]> {
+  const { rows } = await db.query<User>({ name: 'users.list-after', text: SQL.listAfter, values: [after, limit] })
+  return rows
+}
+
+export interface UserChanges {
+  name?: string | undefined
+  /** `null` clears the email; `undefined` leaves it as it is. */
+  email?: string | null | undefined
+}
+
+export async function updateUser (db: Pool, id: number, changes: UserChanges): Promise<User | undefined> {
+  const { rows } = await db.query<User>({
+    name: 'users.update',
+    text: SQL.update,
+    values: [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null]
+  })
+  return rows[0]
+}
+
+/** Returns whether a user was deleted. */
+export async function deleteUser (db: Pool, id: number): Promise<boolean> {
+  const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id] })
+  return rowCount === 1
+}
+
+/**
+ * Every user's id and name, by id, read through a cursor in batches so a
+ * large table never sits in memory at once. The caller owns `client` and
+ * releases it when the stream ends or fails.
+ */
+export function streamAllIdsAndNames (client: PoolClient, batchSize = 500): AsyncIterable<LegacyUser> {
+  return client.query(new QueryStream(SQL.listAllIdsAndNames, [], { batchSize, types: databaseTypes }))
+}

@@ -1,0 +1,55 @@
+import { STATUS_CODES } from 'node:http'
+import type { FastifyError, FastifyReply } from 'fastify'
+import fp from 'fastify-plugin'
+import { classifyDatabaseError } from '../db/errors.js'
+import type { ErrorBody } from '../schemas/errors.js'
+
+/** Seconds a client should wait before retrying when the database is away. */
+const RETRY_AFTER_SECONDS = 1
+
+export const UNSUPPORTED_MEDIA_TYPE = 'Content-Type must be application/json'
+
+export function sendError (reply: FastifyReply, statusCode: number, message: string): FastifyReply {
+  const body: ErrorBody = { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message }
+  return reply.code(statusCode).type('application/json; charset=utf-8').send(body)
+}
+
+/**
+ * Turns every failure into the contract's error body. Client mistakes keep
+ * their status and message; database trouble becomes 409, 400 or 503; and
+ * anything else is a 500 that says nothing of the internals.
+ */
+export default fp(async function errors (fastify) {
+  fastify.setErrorHandler(function handleError (error: FastifyError, request, reply) {
+    const failure = classifyDatabaseError(error)
+    if (failure === 'unique-violation') {
+      return sendError(reply, 409, 'body/email is already taken by another user')
+    }
+    if (failure === 'invalid-text') {
+      return sendError(reply, 400, 'body has text that cannot be stored')
+    }
+    if (failure === 'unavailable') {
+      request.log.warn({ err: error }, 'database unavailable')
+      reply.header('retry-after', String(RETRY_AFTER_SECONDS))
+      return sendError(reply, 503, 'the database is unavailable; try again shortly')
+    }
+
+    const status = error.statusCode ?? 500
+    if (status >= 400 && status < 500) {
+      return sendError(reply, status, clientErrorMessage(error))
+    }
+    request.log.error({ err: error }, 'request failed')
+    return sendError(reply, 500, 'something went wrong on our side')
+  })
+
+  fastify.setNotFoundHandler(function notFound (request, reply) {
+    return sendError(reply, 404, `Route ${request.method} ${request.url} not found`)
+  })
+}, { name: 'errors' })
+
+function clientErrorMessage (error: FastifyError): string {
+  // Fastify's own words name the type it got ("Unsupported Media Type:
+  // text/plain"); say what it takes instead.
+  if (error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return UNSUPPORTED_MEDIA_TYPE
+  return error.message
+}

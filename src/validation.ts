@@ -1,0 +1,53 @@
+import { Ajv, type ErrorObject, type Options } from 'ajv'
+import addFormats from 'ajv-formats'
+import type { FastifySchemaCompiler } from 'fastify'
+import type { FastifySchemaValidationError } from 'fastify/types/schema.js'
+import { patternMessages } from './schemas/patterns.js'
+
+const shared: Options = {
+  allErrors: false,
+  // Unknown properties are an error, never silently dropped.
+  removeAdditional: false,
+  useDefaults: true,
+  strict: true
+}
+
+// A JSON body must carry the types the schema names: `{"name": 5}` is a 400,
+// not a user called "5". Params, query strings and headers are text on the
+// wire, so only they are coerced.
+const bodyAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: false }), ['email', 'date-time'])
+const textAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: true }), ['email', 'date-time'])
+
+export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) =>
+  (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object)
+
+/**
+ * One message naming the offending field, such as
+ * `body/email must be a valid email address`.
+ */
+export function describeValidationErrors (errors: FastifySchemaValidationError[], dataVar: string): string {
+  // In a failed union (`email: string | null`) the type mismatches are noise;
+  // the branch that matched the type says what is actually wrong.
+  const error = errors.find((e) => e.keyword !== 'type' && e.keyword !== 'anyOf') ?? errors[0]
+  if (error === undefined) return `${dataVar} is invalid`
+  const { keyword, params, instancePath, message } = error as ErrorObject
+  const field = `${dataVar}${instancePath}`
+  switch (keyword) {
+    case 'required':
+      return `${field}/${String(params.missingProperty)} is required`
+    case 'additionalProperties':
+      return `${field}/${String(params.additionalProperty)} is not an allowed property`
+    case 'format':
+      return params.format === 'email'
+        ? `${field} must be a valid email address`
+        : `${field} must be a valid ${String(params.format)}`
+    case 'pattern':
+      return `${field} ${patternMessages.get(String(params.pattern)) ?? 'has an invalid format'}`
+    case 'minProperties':
+      return `${field} must contain at least one property`
+    case 'type':
+      return `${field} must be ${params.type === 'null' ? 'null' : String(params.type)}`
+    default:
+      return `${field} ${message ?? 'is invalid'}`
+  }
+}

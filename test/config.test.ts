@@ -1,0 +1,71 @@
+import t from 'tap'
+import { ConfigError, loadConfig } from '../src/config.js'
+
+const url = 'postgres://app:s3cret@db.internal:5432/users'
+
+t.test('defaults fill everything but DATABASE_URL', async (t) => {
+  const config = loadConfig({ DATABASE_URL: url })
+  t.equal(config.databaseUrl, url)
+  t.equal(config.host, '0.0.0.0')
+  t.equal(config.port, 3000)
+  t.equal(config.logLevel, 'info')
+  t.equal(config.logPretty, false)
+  t.equal(config.migrateOnStart, true)
+  t.equal(config.database.poolMax, 10)
+  t.ok(config.database.connectTimeoutMs > 0, 'connection waits are bounded')
+  t.ok(config.database.statementTimeoutMs > 0, 'statements are bounded')
+})
+
+t.test('values are read from text', async (t) => {
+  const config = loadConfig({
+    DATABASE_URL: url,
+    HOST: '127.0.0.1',
+    PORT: '8080',
+    LOG_LEVEL: 'debug',
+    DATABASE_POOL_MAX: '4',
+    MIGRATE_ON_START: 'false',
+    SHUTDOWN_GRACE_MS: '2500'
+  })
+  t.equal(config.host, '127.0.0.1')
+  t.equal(config.port, 8080)
+  t.equal(config.logLevel, 'debug')
+  t.equal(config.database.poolMax, 4)
+  t.equal(config.migrateOnStart, false)
+  t.equal(config.shutdownGraceMs, 2500)
+})
+
+t.test('an empty variable counts as unset', async (t) => {
+  t.equal(loadConfig({ DATABASE_URL: url, PORT: '' }).port, 3000)
+})
+
+t.test('a missing or bad value is one line naming the variable and what it expects', async (t) => {
+  const cases: Array<[NodeJS.ProcessEnv, RegExp]> = [
+    [{}, /^DATABASE_URL is required: set it to a PostgreSQL URL/],
+    [{ DATABASE_URL: 'mysql://root@localhost/db' }, /^DATABASE_URL must be a PostgreSQL URL/],
+    [{ DATABASE_URL: url, PORT: 'abc' }, /^PORT must be an integer from 0 to 65535 \(got "abc"\)$/],
+    [{ DATABASE_URL: url, PORT: '70000' }, /^PORT must be an integer from 0 to 65535/],
+    [{ DATABASE_URL: url, PORT: '80.5' }, /^PORT must be an integer/],
+    [{ DATABASE_URL: url, LOG_LEVEL: 'loud' }, /^LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent/],
+    [{ DATABASE_URL: url, MIGRATE_ON_START: 'maybe' }, /^MIGRATE_ON_START must be true or false/],
+    [{ DATABASE_URL: url, DATABASE_POOL_MAX: '0' }, /^DATABASE_POOL_MAX must be an integer from 1/]
+  ]
+  for (const [env, expected] of cases) {
+    t.throws(() => loadConfig(env), ConfigError)
+    try {
+      loadConfig(env)
+    } catch (error) {
+      const message = (error as Error).message
+      t.match(message, expected, JSON.stringify(env))
+      t.notMatch(message, /\n/, 'one line')
+    }
+  }
+})
+
+t.test('the database password is never echoed', async (t) => {
+  try {
+    loadConfig({ DATABASE_URL: 'mysql://app:hunter2@db/users' })
+    t.fail('should have thrown')
+  } catch (error) {
+    t.notMatch((error as Error).message, /hunter2/)
+  }
+})
