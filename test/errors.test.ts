@@ -1,0 +1,120 @@
+import { Writable } from 'node:stream'
+import t from 'tap'
+import { BODY_LIMIT_BYTES, buildApp } from '../src/app.js'
+import { buildTestApp, createTestDatabase, testConfig } from './helper.js'
+
+const ERROR_KEYS = ['error', 'message', 'statusCode']
+
+t.test('bodies that are not JSON are a 415, whatever the route', async (t) => {
+  const { app, db } = await buildTestApp(t)
+  const requests = [
+    { method: 'POST' as const, url: '/api/users' },
+    { method: 'POST' as const, url: '/api/user' },
+    { method: 'PATCH' as const, url: '/api/users/1' }
+  ]
+  const bodies = [
+    { headers: { 'content-type': 'text/plain' }, payload: '{"name":"Ada"}' },
+    { headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: 'name=Ada' },
+    { headers: { 'content-type': 'multipart/form-data; boundary=x' }, payload: '--x--' },
+    { headers: {}, payload: undefined },
+    { headers: {}, payload: '{"name":"Ada"}' }
+  ]
+  for (const request of requests) {
+    for (const body of bodies) {
+      const response = await app.inject({ ...request, ...body })
+      const label = `${request.method} ${request.url} ${JSON.stringify(body.headers)}`
+      t.equal(response.statusCode, 415, label)
+      t.same(response.json(), {
+        statusCode: 415,
+        error: 'Unsupported Media Type',
+        message: 'Content-Type must be application/json'
+      }, label)
+    }
+  }
+  const { rows } = await db.query('SELECT count(*)::int AS count FROM users')
+  t.equal(rows[0].count, 0)
+})
+
+t.test('JSON with a charset is JSON', async (t) => {
+  const { app } = await buildTestApp(t)
+  const response = await app.inject({
+    method: 'POST',
+    url: '/api/users',
+    headers: { 'content-type': 'application/json; charset=utf-8' },
+    payload: '{"name":"Ada"}'
+  })
+  t.equal(response.statusCode, 201)
+})
+
+t.test('malformed, empty and poisoned JSON are a 400', async (t) => {
+  const { app } = await buildTestApp(t)
+  const payloads = ['{"name":', '{name: "Ada"}', '', '   ', 'null', '{"name":"Ada"}{', '{"__proto__":{"admin":true},"name":"Ada"}', '{"constructor":{"prototype":{"admin":true}},"name":"Ada"}']
+  for (const payload of payloads) {
+    const response = await app.inject({
+      method: 'POST', url: '/api/users', headers: { 'content-type': 'application/json' }, payload
+    })
+    t.equal(response.statusCode, 400, JSON.stringify(payload))
+    t.same(Object.keys(response.json()).sort(), ERROR_KEYS)
+    t.equal(response.json().error, 'Bad Request')
+  }
+})
+
+t.test('a body over the limit is a 413 the client can read', async (t) => {
+  const { app } = await buildTestApp(t)
+  const response = await app.inject({
+    method: 'POST',
+    url: '/api/users',
+    headers: { 'content-type': 'application/json' },
+    payload: JSON.stringify({ name: 'x'.repeat(BODY_LIMIT_BYTES) })
+  })
+  t.equal(response.statusCode, 413)
+  t.match(response.json(), { statusCode: 413, error: 'Payload Too Large', message: /large/ })
+})
+
+t.test('unknown routes are a JSON 404', async (t) => {
+  const { app } = await buildTestApp(t)
+  for (const [method, url] of [['GET', '/'], ['GET', '/api/nothing'], ['PUT', '/api/users/1'], ['POST', '/api/users/1']] as const) {
+    const response = await app.inject({ method, url })
+    t.equal(response.statusCode, 404, `${method} ${url}`)
+    t.match(response.headers['content-type'], /^application\/json/)
+    t.match(response.json(), { statusCode: 404, error: 'Not Found', message: /not found/ })
+  }
+})
+
+t.test('a true bug is a 500 that tells nothing of the internals', async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const app = await buildApp(testConfig(databaseUrl), { logger: false })
+  t.teardown(() => app.close())
+  app.get('/boom', async () => {
+    throw new Error('SELECT secret FROM internals at /srv/app.js:1:1')
+  })
+  const response = await app.inject({ url: '/boom' })
+  t.equal(response.statusCode, 500)
+  t.same(Object.keys(response.json()).sort(), ERROR_KEYS)
+  t.match(response.json(), { statusCode: 500, error: 'Internal Server Error' })
+  t.notMatch(response.body, /SELECT|secret|\.js|at /)
+})
+
+t.test('every request is logged once, with its id, and the id is echoed', async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)))
+      done()
+    }
+  })
+  const app = await buildApp(testConfig(databaseUrl), { logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+
+  const response = await app.inject({ url: '/api/users/123', headers: { 'x-request-id': 'trace-abc.123' } })
+  t.equal(response.headers['x-request-id'], 'trace-abc.123')
+  const logged = lines.filter((line) => line.reqId === 'trace-abc.123')
+  t.equal(logged.length, 1, 'one line')
+  t.match(logged[0], { msg: 'request completed', method: 'GET', url: '/api/users/123', statusCode: 404 })
+  t.type(logged[0]?.responseTime, 'number')
+
+  const generated = await app.inject({ url: '/health/live' })
+  t.match(generated.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'a fresh id when none is given')
+  t.notMatch(JSON.stringify(lines), /postgres:\/\//, 'the database URL is not logged')
+})
