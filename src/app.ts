@@ -4,6 +4,7 @@ import type { Config } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
 import database from './plugins/database.js'
 import errors from './plugins/errors.js'
+import gracefulClose from './plugins/graceful-close.js'
 import jsonBodies from './plugins/json-bodies.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
 import health from './routes/health.js'
@@ -40,6 +41,7 @@ export async function buildApp (config: Config, overrides: AppOverrides = {}): P
   app.setValidatorCompiler(validatorCompiler)
 
   await app.register(requestId)
+  await app.register(gracefulClose)
   await app.register(errors)
   await app.register(jsonBodies)
   await app.register(database, {

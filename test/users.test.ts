@@ -169,7 +169,7 @@ t.test('GET /api/users pages through everyone in ascending id order', async (t) 
   const first = await app.inject({ url: '/api/users?limit=3' })
   t.equal(first.statusCode, 200)
   t.same(first.json().items, created.slice(0, 3))
-  t.equal(first.json().nextCursor, created[2].id)
+  t.equal(first.json().nextCursor, created[2]?.id)
 
   const seen = []
   let after = 0
@@ -181,14 +181,14 @@ t.test('GET /api/users pages through everyone in ascending id order', async (t) 
   }
   t.same(seen, created, 'every user once, in order')
 
-  const exact = (await app.inject({ url: `/api/users?limit=7` })).json()
+  const exact = (await app.inject({ url: '/api/users?limit=7' })).json()
   t.equal(exact.items.length, 7)
   t.equal(exact.nextCursor, null, 'no cursor when nothing follows')
 
   const defaults = (await app.inject({ url: '/api/users' })).json()
   t.equal(defaults.items.length, 7, 'limit defaults to 50')
 
-  const empty = await app.inject({ url: `/api/users?after=${created[6].id}` })
+  const empty = await app.inject({ url: `/api/users?after=${created[6]?.id}` })
   t.same(empty.json(), { items: [], nextCursor: null })
 })
 
@@ -204,8 +204,8 @@ t.test('a page walk sees every user that existed throughout it exactly once', as
     seen.push(...page.items.map((user: { id: number }) => user.id))
     // Writes between pages: a deletion behind the walk, one ahead, a creation.
     if (pages === 0) {
-      await app.inject({ method: 'DELETE', url: `/api/users/${initial[0].id}` })
-      await app.inject({ method: 'DELETE', url: `/api/users/${initial[4].id}` })
+      await app.inject({ method: 'DELETE', url: `/api/users/${initial[0]?.id}` })
+      await app.inject({ method: 'DELETE', url: `/api/users/${initial[4]?.id}` })
       await createUser(app, { name: 'newcomer' })
     }
     if (page.nextCursor === null) break

@@ -14,13 +14,11 @@ const Ok = Type.Object({ status: Type.Literal('ok') })
 
 /**
  * Kubernetes probes. Liveness never touches the database: a database outage
- * must not get every pod restarted. Readiness does, and turns 503 as soon as
- * shutdown begins so traffic moves away before the server stops.
+ * must not get every pod restarted. Readiness does. Once shutdown begins,
+ * Fastify itself answers every request 503, readiness included, so traffic
+ * moves away while in-flight requests finish.
  */
 const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options) => {
-  let shuttingDown = false
-  fastify.addHook('preClose', async () => { shuttingDown = true })
-
   fastify.get('/live', {
     schema: { response: { 200: Ok } }
   }, async () => ({ status: 'ok' as const }))
@@ -28,7 +26,6 @@ const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options
   fastify.get('/ready', {
     schema: { response: { 200: Ok, ...errorResponses(503) } }
   }, async (request, reply) => {
-    if (shuttingDown) return sendError(reply, 503, 'shutting down')
     let applied: number
     try {
       applied = await withTimeout(appliedMigrationId(), options.readyTimeoutMs)
