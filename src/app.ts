@@ -35,6 +35,9 @@ export async function buildApp (config: Config, overrides: AppOverrides = {}): P
     requestIdHeader: false,
     logController: new OneLinePerRequest(),
     bodyLimit: BODY_LIMIT_BYTES,
+    // Requests during shutdown get real answers (readiness: 503 with our
+    // reason and request id), not Fastify's bare 503; see graceful-close.
+    return503OnClosing: false,
     schemaErrorFormatter: (errors, dataVar) => new Error(describeValidationErrors(errors, dataVar))
   }).withTypeProvider<TypeBoxTypeProvider>()
 

@@ -1,9 +1,7 @@
 // Every SQL statement of the users resource, hand-written and parameterized.
 // Hot statements are named, so each connection prepares them once.
 import type { Pool, PoolClient } from 'pg'
-import QueryStream from 'pg-query-stream'
 import type { LegacyUser, User } from '../schemas/users.js'
-import { databaseTypes } from './types.js'
 
 // The API's user shape, with timestamps formatted by PostgreSQL as
 // ISO-8601 UTC with milliseconds ("2026-11-27T10:00:00.000Z").
@@ -24,8 +22,15 @@ const SQL = {
     WHERE id = $1
     RETURNING ${USER_COLUMNS}`,
   delete: 'DELETE FROM users WHERE id = $1',
-  listAllIdsAndNames: 'SELECT id, name FROM users ORDER BY id'
+  // A cursor read a batch at a time: each FETCH is a statement of its own,
+  // so the statement timeout bounds every batch rather than the download.
+  openAllIdsAndNames: `BEGIN READ ONLY;
+    DECLARE all_ids_and_names NO SCROLL CURSOR FOR SELECT id, name FROM users ORDER BY id`,
+  fetchIdsAndNames: 'FETCH 500 FROM all_ids_and_names',
+  commit: 'COMMIT',
+  rollback: 'ROLLBACK'
 } as const
+const FETCH_SIZE = 500
 
 export async function insertUser (db: Pool, name: string, email: string | null): Promise<User> {
   const { rows } = await db.query<User>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
@@ -65,10 +70,24 @@ export async function deleteUser (db: Pool, id: number): Promise<boolean> {
 }
 
 /**
- * Every user's id and name, by id, read through a cursor in batches so a
- * large table never sits in memory at once. The caller owns `client` and
- * releases it when the stream ends or fails.
+ * Every user's id and name, by id, in batches read from a cursor as the
+ * caller asks for them, so a large table never sits in memory at once. It
+ * runs in a transaction on `client`, which the caller owns: when iteration
+ * stops early the transaction is rolled back; if that throws, the
+ * connection is broken and must be released with the error.
  */
-export function streamAllIdsAndNames (client: PoolClient, batchSize = 500): AsyncIterable<LegacyUser> {
-  return client.query(new QueryStream(SQL.listAllIdsAndNames, [], { batchSize, types: databaseTypes }))
+export async function * readAllIdsAndNames (client: PoolClient): AsyncGenerator<LegacyUser[]> {
+  await client.query(SQL.openAllIdsAndNames)
+  let finished = false
+  try {
+    for (;;) {
+      const { rows } = await client.query<LegacyUser>({ name: 'users.fetch-ids-and-names', text: SQL.fetchIdsAndNames })
+      if (rows.length > 0) yield rows
+      if (rows.length < FETCH_SIZE) break
+    }
+    await client.query(SQL.commit)
+    finished = true
+  } finally {
+    if (!finished) await client.query(SQL.rollback)
+  }
 }

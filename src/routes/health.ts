@@ -14,9 +14,8 @@ const Ok = Type.Object({ status: Type.Literal('ok') })
 
 /**
  * Kubernetes probes. Liveness never touches the database: a database outage
- * must not get every pod restarted. Readiness does. Once shutdown begins,
- * Fastify itself answers every request 503, readiness included, so traffic
- * moves away while in-flight requests finish.
+ * must not get every pod restarted. Readiness does, and answers 503 from
+ * the moment shutdown begins so traffic moves away while requests finish.
  */
 const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options) => {
   fastify.get('/live', {
@@ -26,6 +25,7 @@ const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options
   fastify.get('/ready', {
     schema: { response: { 200: Ok, ...errorResponses(503) } }
   }, async (request, reply) => {
+    if (fastify.lifecycle.closing) return sendError(reply, 503, 'shutting down')
     let applied: number
     try {
       applied = await withTimeout(appliedMigrationId(), options.readyTimeoutMs)
@@ -43,10 +43,14 @@ const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options
   })
 
   async function appliedMigrationId (): Promise<number> {
-    // The table postgres-migrations keeps; its id 0 is the table itself.
-    const { rows } = await fastify.pg.query<{ applied: number | null }>(
-      'SELECT max(id) AS applied FROM migrations'
-    )
+    const query = {
+      // The table postgres-migrations keeps; its id 0 is the table itself.
+      text: 'SELECT max(id) AS applied FROM migrations',
+      // Past this the connection is dropped rather than held by a stalled
+      // probe until the statement timeout.
+      query_timeout: options.readyTimeoutMs
+    }
+    const { rows } = await fastify.pg.query<{ applied: number | null }>(query)
     return rows[0]?.applied ?? 0
   }
 }

@@ -1,14 +1,12 @@
 import { Readable, finished } from 'node:stream'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { insertUser, streamAllIdsAndNames } from '../db/users.js'
+import { insertUser, readAllIdsAndNames } from '../db/users.js'
 import { sendError } from '../plugins/errors.js'
 import { errorResponses } from '../schemas/errors.js'
 import { LegacyCreatedUser, LegacyCreateUserBody, LegacyUserSchema, type LegacyUser } from '../schemas/users.js'
 
 const tags = ['legacy']
-// Rows are sent in chunks of about this many characters, not one by one.
-const CHUNK_CHARS = 16 * 1024
 
 /**
  * `/api/user`: the two routes of the original Flask service, kept so its
@@ -41,47 +39,39 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const client = await fastify.pg.connect()
-    let released = false
-    const release = (error?: Error | null) => {
-      if (released) return
-      released = true
-      // A connection that failed mid-stream may hold an open portal: drop it.
-      client.release(error ?? undefined)
-    }
-
+    const batches = readAllIdsAndNames(client)
+    let first: IteratorResult<LegacyUser[]>
     try {
-      const rows = streamAllIdsAndNames(client)[Symbol.asyncIterator]()
-      const first = await rows.next()
-      if (first.done === true) {
-        release()
-        return sendError(reply, 404, 'Users not found.')
-      }
-      const serialize = reply.compileSerializationSchema(LegacyUserSchema) as (user: LegacyUser) => string
-      const body = Readable.from(jsonArray(first.value, rows, serialize), { objectMode: false })
-      finished(body, (error) => release(error))
-      // The stream writes exactly the declared array, serialized row by row.
-      return reply.type('application/json; charset=utf-8').send(body as unknown as LegacyUser[])
+      first = await batches.next()
     } catch (error) {
-      release(error as Error)
+      client.release(error as Error)
       throw error
     }
+    if (first.done === true) {
+      client.release()
+      return sendError(reply, 404, 'Users not found.')
+    }
+
+    const serialize = reply.compileSerializationSchema(LegacyUserSchema) as (user: LegacyUser) => string
+    const body = Readable.from(jsonArray(first.value, batches, serialize), { objectMode: false })
+    // A connection that failed mid-stream is dropped, not reused.
+    finished(body, (error) => client.release(error ?? undefined))
+    // The stream writes exactly the declared array, serialized row by row.
+    return reply.type('application/json; charset=utf-8').send(body as unknown as LegacyUser[])
   })
 }
 
-/** The JSON array of `first` and the rest, written as rows arrive. */
-async function * jsonArray<T> (first: T, rest: AsyncIterator<T>, serialize: (item: T) => string): AsyncGenerator<string> {
-  let chunk = '[' + serialize(first)
+/** The JSON array of every item, a chunk per batch, written as batches arrive. */
+async function * jsonArray<T> (first: T[], rest: AsyncIterator<T[]>, serialize: (item: T) => string): AsyncGenerator<string> {
+  let opening = '['
   try {
-    for (let next = await rest.next(); next.done !== true; next = await rest.next()) {
-      chunk += ',' + serialize(next.value)
-      if (chunk.length >= CHUNK_CHARS) {
-        yield chunk
-        chunk = ''
-      }
+    for (let batch: IteratorResult<T[]> = { done: false, value: first }; batch.done !== true; batch = await rest.next()) {
+      yield opening + batch.value.map(serialize).join(',')
+      opening = ','
     }
-    yield chunk + ']'
+    yield ']'
   } finally {
-    await rest.return?.()
+    await rest.return?.(undefined)
   }
 }
 
