@@ -1,7 +1,8 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import type { Config } from './config.js'
+import type { AppConfig } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
+import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
@@ -17,20 +18,21 @@ export const BODY_LIMIT_BYTES = 16 * 1024
 const READY_TIMEOUT_MS = 1_000
 
 export interface AppOverrides {
-  /** Replaces the logger built from the config (tests pass `false`). */
+  /** Replaces the logger options built from the config (tests pass `false`). */
   logger?: FastifyServerOptions['logger']
+  /** A logger the caller already uses (the server's, from before the app). */
+  loggerInstance?: FastifyBaseLogger
 }
 
 /**
  * Builds the whole service from its configuration, without listening, so
  * the server and the tests run the very same app.
  */
-export async function buildApp (config: Config, overrides: AppOverrides = {}): Promise<FastifyInstance> {
+export async function buildApp (config: AppConfig, overrides: AppOverrides = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: overrides.logger ?? {
-      level: config.logLevel,
-      ...(config.logPretty ? { transport: { target: 'pino-pretty' } } : {})
-    },
+    ...(overrides.loggerInstance !== undefined
+      ? { loggerInstance: overrides.loggerInstance }
+      : { logger: overrides.logger ?? loggerOptions(config) }),
     genReqId: requestIdOf,
     requestIdHeader: false,
     logController: new OneLinePerRequest(),

@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
@@ -10,11 +11,18 @@ const boolean = (fallback: boolean) =>
   Type.Boolean({ default: fallback, description: 'true or false' })
 
 export const ConfigSchema = Type.Object({
-  DATABASE_URL: Type.String({
+  // Absent: a development start runs an embedded PostgreSQL instead.
+  DATABASE_URL: Type.Optional(Type.String({
     pattern: '^postgres(ql)?://',
     description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
     secret: true
+  })),
+  EMBEDDED_POSTGRES_DIR: Type.String({
+    minLength: 1,
+    default: fileURLToPath(new URL('../.data/postgres', import.meta.url)),
+    description: 'a folder for the embedded PostgreSQL\'s data'
   }),
+  NODE_ENV: Type.String({ default: 'development', description: 'the environment name' }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'a host name or IP address to listen on' }),
   PORT: integer(0, 65535, 3000),
   LOG_LEVEL: Type.Union(
@@ -33,7 +41,10 @@ export const ConfigSchema = Type.Object({
 type Env = Static<typeof ConfigSchema>
 
 export interface Config {
-  databaseUrl: string
+  /** Absent in development means: start the embedded PostgreSQL. */
+  databaseUrl: string | undefined
+  embeddedPostgresDir: string
+  production: boolean
   host: string
   port: number
   logLevel: Env['LOG_LEVEL']
@@ -51,6 +62,9 @@ export interface Config {
 export class ConfigError extends Error {
   override name = 'ConfigError'
 }
+
+/** The configuration once the database is known. */
+export type AppConfig = Config & { databaseUrl: string }
 
 /**
  * Reads the configuration from an environment once. Throws a ConfigError
@@ -74,6 +88,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   const valid = parsed as Env
   return {
     databaseUrl: valid.DATABASE_URL,
+    embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,
+    production: valid.NODE_ENV === 'production',
     host: valid.HOST,
     port: valid.PORT,
     logLevel: valid.LOG_LEVEL,

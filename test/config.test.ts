@@ -16,6 +16,15 @@ t.test('defaults fill everything but DATABASE_URL', async (t) => {
   t.ok(config.database.statementTimeoutMs > 0, 'statements are bounded')
 })
 
+t.test('without DATABASE_URL the embedded PostgreSQL keeps its data in the project', async (t) => {
+  const config = loadConfig({})
+  t.equal(config.databaseUrl, undefined)
+  t.match(config.embeddedPostgresDir, /[/\\]\.data[/\\]postgres$/)
+  t.equal(config.production, false)
+  t.equal(loadConfig({ NODE_ENV: 'production' }).production, true)
+  t.equal(loadConfig({ EMBEDDED_POSTGRES_DIR: '/tmp/pg' }).embeddedPostgresDir, '/tmp/pg')
+})
+
 t.test('values are read from text', async (t) => {
   const config = loadConfig({
     DATABASE_URL: url,
@@ -40,7 +49,6 @@ t.test('an empty variable counts as unset', async (t) => {
 
 t.test('a missing or bad value is one line naming the variable and what it expects', async (t) => {
   const cases: Array<[NodeJS.ProcessEnv, RegExp]> = [
-    [{}, /^DATABASE_URL is required: set it to a PostgreSQL URL/],
     [{ DATABASE_URL: 'mysql://root@localhost/db' }, /^DATABASE_URL must be a PostgreSQL URL/],
     [{ DATABASE_URL: url, PORT: 'abc' }, /^PORT must be an integer from 0 to 65535 \(got "abc"\)$/],
     [{ DATABASE_URL: url, PORT: '70000' }, /^PORT must be an integer from 0 to 65535/],

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import type { Test } from 'tap'
 import { buildApp } from '../src/app.js'
-import { loadConfig, type Config } from '../src/config.js'
+import { loadConfig, type AppConfig } from '../src/config.js'
 import { runMigrations } from '../src/db/migrations.js'
 
 /** The server the tests create their databases on. */
@@ -29,22 +29,27 @@ export async function adminQuery (sql: string): Promise<void> {
   }
 }
 
+/** The migrated template `npm test` prepares once for the whole run (test/run.js). */
+const template = process.env.TEST_TEMPLATE_DATABASE
+
 /**
- * Creates an empty database, dropped when the test ends. With
- * `migrated: true` (the default) it is migrated too.
+ * Creates a database of the test's own, dropped when the test ends:
+ * migrated (a copy of the run's template, when there is one), or with
+ * `migrated: false` empty.
  */
 export async function createTestDatabase (t: Test, { migrated = true } = {}): Promise<string> {
   const name = `users_test_${randomBytes(6).toString('hex')}`
-  await adminQuery(`CREATE DATABASE ${name}`)
+  const copyTemplate = migrated && template !== undefined
+  await adminQuery(copyTemplate ? `CREATE DATABASE ${name} TEMPLATE ${template}` : `CREATE DATABASE ${name}`)
   t.teardown(() => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`))
   const url = urlFor(name)
-  if (migrated) await runMigrations({ connectionString: url, timeoutMs: 30_000, connectTimeoutMs: 5_000 })
+  if (migrated && !copyTemplate) await runMigrations({ connectionString: url, timeoutMs: 30_000, connectTimeoutMs: 5_000 })
   return url
 }
 
 /** The configuration the server would read, for a given database. */
-export function testConfig (databaseUrl: string, env: NodeJS.ProcessEnv = {}): Config {
-  return loadConfig({ DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env })
+export function testConfig (databaseUrl: string, env: NodeJS.ProcessEnv = {}): AppConfig {
+  return { ...loadConfig({ DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env }), databaseUrl }
 }
 
 export interface TestApp {

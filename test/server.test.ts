@@ -169,7 +169,7 @@ t.test('SIGINT also shuts down with exit code 0', CASE(), async (t) => {
 t.test('a bad configuration exits 1 with one line on stderr naming the variable', CASE(), async (t) => {
   const cases: Array<[string, Record<string, string>, RegExp]> = [
     ['PORT=abc', { DATABASE_URL: UNREACHABLE_DATABASE, HOST: '127.0.0.1', PORT: 'abc' }, /PORT must be an integer/],
-    ['no DATABASE_URL', { HOST: '127.0.0.1', PORT: '0' }, /DATABASE_URL is required/]
+    ['no DATABASE_URL in production', { NODE_ENV: 'production', HOST: '127.0.0.1', PORT: '0' }, /DATABASE_URL is required when NODE_ENV=production/]
   ]
   const runs = cases.map(([, env]) => spawnDist(t, 'server.js', env))
   for (const [index, [name, , expected]] of cases.entries()) {
