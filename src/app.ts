@@ -6,6 +6,7 @@ import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
+import idempotency from './plugins/idempotency.js'
 import jsonBodies from './plugins/json-bodies.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
 import health from './routes/health.js'
@@ -16,6 +17,7 @@ import { describeValidationErrors, validatorCompiler } from './validation.js'
 /** Users' bodies are a name and an email: anything near this is not one. */
 export const BODY_LIMIT_BYTES = 16 * 1024
 const READY_TIMEOUT_MS = 1_000
+const IDEMPOTENCY_PURGE_INTERVAL_MS = 5 * 60_000
 
 export interface AppOverrides {
   /** Replaces the logger options built from the config (tests pass `false`). */
@@ -54,6 +56,11 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     poolMax: config.database.poolMax,
     connectTimeoutMs: config.database.connectTimeoutMs,
     statementTimeoutMs: config.database.statementTimeoutMs
+  })
+
+  await app.register(idempotency, {
+    ttlSeconds: config.idempotencyKeyTtlSeconds,
+    purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS
   })
 
   await app.register(health, {

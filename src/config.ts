@@ -35,7 +35,8 @@ export const ConfigSchema = Type.Object({
   DATABASE_STATEMENT_TIMEOUT_MS: integer(100, 600_000, 5_000),
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
-  SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000)
+  SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
+  IDEMPOTENCY_KEY_TTL_SECONDS: integer(60, 30 * 86_400, 86_400)
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -57,6 +58,7 @@ export interface Config {
   migrateOnStart: boolean
   migrationsTimeoutMs: number
   shutdownGraceMs: number
+  idempotencyKeyTtlSeconds: number
 }
 
 export class ConfigError extends Error {
@@ -101,7 +103,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     },
     migrateOnStart: valid.MIGRATE_ON_START,
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,
-    shutdownGraceMs: valid.SHUTDOWN_GRACE_MS
+    shutdownGraceMs: valid.SHUTDOWN_GRACE_MS,
+    idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS
   }
 }
 

@@ -3,9 +3,15 @@
 import type { Pool, PoolClient } from 'pg'
 import type { LegacyUser, User } from '../schemas/users.js'
 
+/** A pool, or a client inside a transaction. */
+export type Queryable = Pool | PoolClient
+
+/** A user as the API shows it, plus the version its ETag comes from. */
+export type UserRow = User & { version: number }
+
 // The API's user shape, with timestamps formatted by PostgreSQL as
 // ISO-8601 UTC with milliseconds ("2026-11-27T10:00:00.000Z").
-const USER_COLUMNS = `id, name, email,
+const USER_COLUMNS = `id, name, email, version,
   to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
   to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "updatedAt"`
 
@@ -15,13 +21,16 @@ const SQL = {
   // Keyset paging: ascending ids after the cursor, so a walk sees every user
   // that existed throughout it exactly once, whatever is written meanwhile.
   listAfter: `SELECT ${USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
+  // $5: the versions an If-Match header accepts, or null for any. The check
+  // and the write are one statement: a concurrent change cannot slip between.
   update: `UPDATE users
     SET name = coalesce($2, name),
         email = CASE WHEN $3::boolean THEN $4 ELSE email END,
-        updated_at = now()
-    WHERE id = $1
+        updated_at = now(),
+        version = version + 1
+    WHERE id = $1 AND ($5::bigint[] IS NULL OR version = ANY ($5::bigint[]))
     RETURNING ${USER_COLUMNS}`,
-  delete: 'DELETE FROM users WHERE id = $1',
+  delete: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))',
   // A cursor read a batch at a time: each FETCH is a statement of its own,
   // so the statement timeout bounds every batch rather than the download.
   openAllIdsAndNames: `BEGIN READ ONLY;
@@ -32,13 +41,13 @@ const SQL = {
 } as const
 const FETCH_SIZE = 500
 
-export async function insertUser (db: Pool, name: string, email: string | null): Promise<User> {
-  const { rows } = await db.query<User>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
-  return rows[0] as User
+export async function insertUser (db: Queryable, name: string, email: string | null): Promise<UserRow> {
+  const { rows } = await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
+  return rows[0] as UserRow
 }
 
-export async function findUserById (db: Pool, id: number): Promise<User | undefined> {
-  const { rows } = await db.query<User>({ name: 'users.find-by-id', text: SQL.findById, values: [id] })
+export async function findUserById (db: Pool, id: number): Promise<UserRow | undefined> {
+  const { rows } = await db.query<UserRow>({ name: 'users.find-by-id', text: SQL.findById, values: [id] })
   return rows[0]
 }
 
@@ -54,18 +63,22 @@ export interface UserChanges {
   email?: string | null | undefined
 }
 
-export async function updateUser (db: Pool, id: number, changes: UserChanges): Promise<User | undefined> {
-  const { rows } = await db.query<User>({
+/**
+ * Applies the changes if the user exists and, when `versions` is given, is
+ * at one of them. Returns the changed user, or undefined for neither.
+ */
+export async function updateUser (db: Pool, id: number, changes: UserChanges, versions: number[] | null): Promise<UserRow | undefined> {
+  const { rows } = await db.query<UserRow>({
     name: 'users.update',
     text: SQL.update,
-    values: [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null]
+    values: [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null, versions]
   })
   return rows[0]
 }
 
-/** Returns whether a user was deleted. */
-export async function deleteUser (db: Pool, id: number): Promise<boolean> {
-  const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id] })
+/** Whether a user was deleted (it existed and, given `versions`, was at one of them). */
+export async function deleteUser (db: Pool, id: number, versions: number[] | null): Promise<boolean> {
+  const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id, versions] })
   return rowCount === 1
 }
 

@@ -3,7 +3,9 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { insertUser, readAllIdsAndNames } from '../db/users.js'
 import { sendError } from '../plugins/errors.js'
+import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
+import { IdempotencyKeyHeaders } from '../schemas/headers.js'
 import { LegacyCreatedUser, LegacyCreateUserBody, LegacyUserSchema, type LegacyUser } from '../schemas/users.js'
 
 const tags = ['legacy']
@@ -18,15 +20,15 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       tags,
       deprecated: true,
       summary: 'Create a user (seed-compatible; use POST /api/users)',
+      headers: IdempotencyKeyHeaders,
       body: LegacyCreateUserBody,
-      response: { 201: LegacyCreatedUser, ...errorResponses(400, 409, 413, 415, 503) }
+      response: { 201: LegacyCreatedUser, ...errorResponses(400, 409, 413, 415, 422, 503) }
     }
   }, async (request, reply) => {
-    const user = await insertUser(fastify.pg.pool, request.body.name, null)
-    return reply.code(201).header('location', `/api/users/${user.id}`).send({
-      id: user.id,
-      name: user.name,
-      message: `User ${user.name} created.`
+    return await fastify.idempotency.handle(request, reply, async (client) => {
+      const user = await insertUser(client, request.body.name, null)
+      const created = { id: user.id, name: user.name, message: `User ${user.name} created.` }
+      return answerOf(reply, 201, { location: `/api/users/${user.id}` }, created)
     })
   })
 

@@ -1,13 +1,17 @@
+import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
+import { etagOf, noneMatchHits, parseTagCondition, versionsMatching } from '../http/etag.js'
 import { sendError } from '../plugins/errors.js'
+import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
+import { IdempotencyKeyHeaders, IfMatchHeaders, IfNoneMatchHeaders } from '../schemas/headers.js'
 import {
   CreateUserBody, ListUsersQuery, UpdateUserBody, UserPage, UserParams, UserSchema
 } from '../schemas/users.js'
-import { Type } from '@sinclair/typebox'
 
 const tags = ['users']
+const PRECONDITION_FAILED = 'If-Match does not name the user\'s current ETag'
 
 /** The users resource, `/api/users`. Its SQL lives in `src/db/users.ts`. */
 const users: FastifyPluginAsyncTypebox = async (fastify) => {
@@ -17,12 +21,15 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags,
       summary: 'Create a user',
+      headers: IdempotencyKeyHeaders,
       body: CreateUserBody,
-      response: { 201: UserSchema, ...errorResponses(400, 409, 413, 415, 503) }
+      response: { 201: UserSchema, ...errorResponses(400, 409, 413, 415, 422, 503) }
     }
   }, async (request, reply) => {
-    const user = await insertUser(db, request.body.name, request.body.email ?? null)
-    return reply.code(201).header('location', `/api/users/${user.id}`).send(user)
+    return await fastify.idempotency.handle(request, reply, async (client) => {
+      const user = await insertUser(client, request.body.name, request.body.email ?? null)
+      return answerOf(reply, 201, { location: `/api/users/${user.id}`, etag: etagOf(user.version) }, user)
+    })
   })
 
   fastify.get('/', {
@@ -46,11 +53,17 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       tags,
       summary: 'Read a user',
       params: UserParams,
-      response: { 200: UserSchema, ...errorResponses(400, 404, 503) }
+      headers: IfNoneMatchHeaders,
+      response: { 200: UserSchema, 304: Type.Null({ description: 'Not Modified' }), ...errorResponses(400, 404, 503) }
     }
   }, async (request, reply) => {
     const user = await findUserById(db, request.params.id)
     if (user === undefined) return sendError(reply, 404, userNotFound(request.params.id))
+    reply.header('etag', etagOf(user.version))
+    const ifNoneMatch = request.headers['if-none-match']
+    if (ifNoneMatch !== undefined && noneMatchHits(parseTagCondition(ifNoneMatch), user.version)) {
+      return reply.code(304).send(null)
+    }
     return user
   })
 
@@ -59,13 +72,21 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       tags,
       summary: 'Change a user\'s name or email (email: null clears it)',
       params: UserParams,
+      headers: IfMatchHeaders,
       body: UpdateUserBody,
-      response: { 200: UserSchema, ...errorResponses(400, 404, 409, 413, 415, 503) }
+      response: { 200: UserSchema, ...errorResponses(400, 404, 409, 412, 413, 415, 503) }
     }
   }, async (request, reply) => {
-    const user = await updateUser(db, request.params.id, request.body)
-    if (user === undefined) return sendError(reply, 404, userNotFound(request.params.id))
-    return user
+    const ifMatch = request.headers['if-match']
+    const versions = ifMatch === undefined ? null : versionsMatching(parseTagCondition(ifMatch))
+    const user = await updateUser(db, request.params.id, request.body, versions)
+    if (user === undefined) {
+      // With If-Match, a user that is gone fails the precondition too (RFC 9110 13.1.1).
+      return ifMatch === undefined
+        ? sendError(reply, 404, userNotFound(request.params.id))
+        : sendError(reply, 412, PRECONDITION_FAILED)
+    }
+    return reply.header('etag', etagOf(user.version)).send(user)
   })
 
   fastify.delete('/:id', {
@@ -73,11 +94,18 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       tags,
       summary: 'Delete a user',
       params: UserParams,
-      response: { 204: Type.Null({ description: 'Deleted' }), ...errorResponses(400, 404, 503) }
+      headers: IfMatchHeaders,
+      response: { 204: Type.Null({ description: 'Deleted' }), ...errorResponses(400, 404, 412, 503) }
     }
   }, async (request, reply) => {
-    const deleted = await deleteUser(db, request.params.id)
-    if (!deleted) return sendError(reply, 404, userNotFound(request.params.id))
+    const ifMatch = request.headers['if-match']
+    const versions = ifMatch === undefined ? null : versionsMatching(parseTagCondition(ifMatch))
+    const deleted = await deleteUser(db, request.params.id, versions)
+    if (!deleted) {
+      return ifMatch === undefined
+        ? sendError(reply, 404, userNotFound(request.params.id))
+        : sendError(reply, 412, PRECONDITION_FAILED)
+    }
     return reply.code(204).send(null)
   })
 }
