@@ -2,6 +2,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServ
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { AppConfig } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
+import { clientErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import errors from './plugins/errors.js'
@@ -42,7 +43,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     // Requests during shutdown get real answers (readiness: 503 with our
     // reason and request id), not Fastify's bare 503; see graceful-close.
     return503OnClosing: false,
-    schemaErrorFormatter: (errors, dataVar) => new Error(describeValidationErrors(errors, dataVar))
+    schemaErrorFormatter: (errors, dataVar) => new Error(describeValidationErrors(errors, dataVar)),
+    clientErrorHandler
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.setValidatorCompiler(validatorCompiler)

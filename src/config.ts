@@ -36,7 +36,8 @@ export const ConfigSchema = Type.Object({
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
-  IDEMPOTENCY_KEY_TTL_SECONDS: integer(60, 30 * 86_400, 86_400)
+  // The contract keeps keys at least 24 hours.
+  IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400)
 })
 
 type Env = Static<typeof ConfigSchema>

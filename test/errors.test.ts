@@ -1,3 +1,4 @@
+import { connect, type AddressInfo } from 'node:net'
 import { Writable } from 'node:stream'
 import t from 'tap'
 import { BODY_LIMIT_BYTES, buildApp } from '../src/app.js'
@@ -117,4 +118,32 @@ t.test('every request is logged once, with its id, and the id is echoed', async 
   const generated = await app.inject({ url: '/health/live' })
   t.match(generated.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'a fresh id when none is given')
   t.notMatch(JSON.stringify(lines), /postgres:\/\//, 'the database URL is not logged')
+})
+
+t.test('requests Node cannot parse still get a JSON error in the contract\'s shape', async (t) => {
+  const { app } = await buildTestApp(t)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+
+  async function raw (request: string): Promise<{ status: number, body: Record<string, unknown> }> {
+    const socket = connect(port, '127.0.0.1')
+    socket.setTimeout(5_000, () => socket.destroy())
+    socket.end(request)
+    let text = ''
+    for await (const chunk of socket) text += String(chunk)
+    const [head = '', body = ''] = text.split('\r\n\r\n')
+    return { status: Number(head.split(' ')[1]), body: JSON.parse(body) }
+  }
+
+  const garbage = await raw('NOT HTTP AT ALL\r\n\r\n')
+  t.equal(garbage.status, 400)
+  t.same(Object.keys(garbage.body).sort(), ERROR_KEYS)
+
+  const controlCharacter = await raw('GET /health/live HTTP/1.1\r\nHost: x\r\nX-Trace: a\u0001b\r\n\r\n')
+  t.equal(controlCharacter.status, 400)
+  t.match(controlCharacter.body.message, /headers\/x-trace/, 'names the header at fault')
+
+  const huge = await raw(`GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`)
+  t.equal(huge.status, 431)
+  t.match(huge.body, { statusCode: 431, error: 'Request Header Fields Too Large' })
 })

@@ -124,10 +124,12 @@ function send (reply: FastifyReply, answer: StoredAnswer): FastifyReply {
 /**
  * What makes two requests "the same": the route and the body. Bodies are
  * flat objects (validated by their schemas), so sorting the top-level keys
- * makes the text independent of the order the client sent them in.
+ * makes the text independent of the order the client sent them in, and a
+ * null property means what its absence means (`email: null` is no email).
  */
 function fingerprintOf (request: FastifyRequest): string {
   const body = request.body as Record<string, unknown>
-  const canonical = JSON.stringify(body, Object.keys(body).sort())
+  const present = Object.keys(body).filter((name) => body[name] !== null).sort()
+  const canonical = JSON.stringify(body, present)
   return createHash('sha256').update(`${request.method} ${request.routeOptions.url ?? ''}\n${canonical}`).digest('hex')
 }

@@ -1,0 +1,51 @@
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import type { ConnectionError, FastifyInstance } from 'fastify'
+
+/**
+ * The name of the first header whose value holds a control character other
+ * than tab: what makes Node's parser reject a request before any route.
+ */
+function headerWithControlCharacter (raw: string): string | undefined {
+  for (const line of raw.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':')
+    if (colon <= 0) continue
+    const value = line.slice(colon + 1)
+    for (let i = 0; i < value.length; i++) {
+      const code = value.charCodeAt(i)
+      if ((code < 0x20 && code !== 0x09) || code === 0x7f) return line.slice(0, colon).trim()
+    }
+  }
+  return undefined
+}
+
+/**
+ * Answers requests Node's HTTP parser refused, in the contract's error
+ * shape, naming the header at fault where it can be found (a control
+ * character in an Idempotency-Key, say). Fastify's default says only
+ * "Client Error".
+ */
+export function clientErrorHandler (this: FastifyInstance, error: ConnectionError, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  let statusCode = 400
+  let message = 'the request is not valid HTTP'
+  if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    statusCode = 408
+    message = 'the request took too long to arrive'
+  } else if (error.code === 'HPE_HEADER_OVERFLOW') {
+    statusCode = 431
+    message = 'the request headers are too large'
+  } else {
+    // Typed as JSON by Fastify, but a Buffer at run time (Node's clientError).
+    const raw: unknown = error.rawPacket
+    const headerName = headerWithControlCharacter(Buffer.isBuffer(raw) ? raw.toString('latin1') : '')
+    if (headerName !== undefined) message = `headers/${headerName.toLowerCase()} has characters that are not allowed`
+  }
+  this.log.debug({ err: error }, 'client error')
+  const body = JSON.stringify({ statusCode, error: STATUS_CODES[statusCode], message })
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? ''}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      `Content-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy()
+}
