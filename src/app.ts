@@ -5,10 +5,12 @@ import { latestMigrationId } from './db/migrations.js'
 import { clientErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
+import docs from './plugins/docs.js'
 import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
 import idempotency from './plugins/idempotency.js'
 import jsonBodies from './plugins/json-bodies.js'
+import metrics from './plugins/metrics.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
 import health from './routes/health.js'
 import legacyUser from './routes/legacy-user.js'
@@ -40,6 +42,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     requestIdHeader: false,
     logController: new OneLinePerRequest(),
     bodyLimit: BODY_LIMIT_BYTES,
+    // Collections are routed without a trailing slash; /api/users/ still works.
+    routerOptions: { ignoreTrailingSlash: true },
     // Requests during shutdown get real answers (readiness: 503 with our
     // reason and request id), not Fastify's bare 503; see graceful-close.
     return503OnClosing: false,
@@ -60,6 +64,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     statementTimeoutMs: config.database.statementTimeoutMs
   })
 
+  if (config.docsEnabled) await app.register(docs)
+  if (config.metricsEnabled) await app.register(metrics)
   await app.register(idempotency, {
     ttlSeconds: config.idempotencyKeyTtlSeconds,
     purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS

@@ -36,6 +36,8 @@ export const ConfigSchema = Type.Object({
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
+  METRICS_ENABLED: boolean(true),
+  DOCS_ENABLED: boolean(true),
   // The contract keeps keys at least 24 hours.
   IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400)
 })
@@ -60,6 +62,10 @@ export interface Config {
   migrationsTimeoutMs: number
   shutdownGraceMs: number
   idempotencyKeyTtlSeconds: number
+  /** Serve GET /metrics. */
+  metricsEnabled: boolean
+  /** Serve GET /docs and /docs/json. */
+  docsEnabled: boolean
 }
 
 export class ConfigError extends Error {
@@ -105,7 +111,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     migrateOnStart: valid.MIGRATE_ON_START,
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,
     shutdownGraceMs: valid.SHUTDOWN_GRACE_MS,
-    idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS
+    idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS,
+    metricsEnabled: valid.METRICS_ENABLED,
+    docsEnabled: valid.DOCS_ENABLED
   }
 }
 

@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { errorResponses } from '../schemas/errors.js'
+import { respondsWith } from '../schemas/headers.js'
 import { sendError } from '../plugins/errors.js'
 
 export interface HealthOptions {
@@ -19,11 +20,21 @@ const Ok = Type.Object({ status: Type.Literal('ok') })
  */
 const health: FastifyPluginAsyncTypebox<HealthOptions> = async (fastify, options) => {
   fastify.get('/live', {
-    schema: { response: { 200: Ok } }
+    schema: {
+      tags: ['operations'],
+      operationId: 'getLiveness',
+      summary: 'Liveness: the process answers (the database is not consulted)',
+      response: { 200: respondsWith(Ok, 'Alive'), ...errorResponses() }
+    }
   }, async () => ({ status: 'ok' as const }))
 
   fastify.get('/ready', {
-    schema: { response: { 200: Ok, ...errorResponses(503) } }
+    schema: {
+      tags: ['operations'],
+      operationId: 'getReadiness',
+      summary: 'Readiness: the database answers and every migration is applied; 503 once shutdown begins',
+      response: { 200: respondsWith(Ok, 'Ready'), ...errorResponses(503) }
+    }
   }, async (request, reply) => {
     if (fastify.lifecycle.closing) return sendError(reply, 503, 'shutting down')
     let applied: number

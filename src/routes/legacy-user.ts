@@ -5,7 +5,7 @@ import { insertUser, readAllIdsAndNames } from '../db/users.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
-import { IdempotencyKeyHeaders } from '../schemas/headers.js'
+import { IdempotencyKeyHeaders, respondsWith } from '../schemas/headers.js'
 import { LegacyCreatedUser, LegacyCreateUserBody, LegacyUserSchema, type LegacyUser } from '../schemas/users.js'
 
 const tags = ['legacy']
@@ -15,14 +15,18 @@ const tags = ['legacy']
  * clients move over without a change. Deprecated in favour of `/api/users`.
  */
 const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
-  fastify.post('/', {
+  fastify.post('', {
     schema: {
       tags,
       deprecated: true,
+      operationId: 'legacyCreateUser',
       summary: 'Create a user (seed-compatible; use POST /api/users)',
       headers: IdempotencyKeyHeaders,
       body: LegacyCreateUserBody,
-      response: { 201: LegacyCreatedUser, ...errorResponses(400, 409, 413, 415, 422, 503) }
+      response: {
+        201: respondsWith(LegacyCreatedUser, 'Created', ['location', 'idempotent-replayed']),
+        ...errorResponses(400, 409, 413, 415, 422, 503)
+      }
     }
   }, async (request, reply) => {
     return await fastify.idempotency.handle(request, reply, async (client) => {
@@ -32,12 +36,13 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
     })
   })
 
-  fastify.get('/', {
+  fastify.get('', {
     schema: {
       tags,
       deprecated: true,
+      operationId: 'legacyListUsers',
       summary: 'Every user\'s id and name, by id (seed-compatible; use GET /api/users)',
-      response: { 200: Type.Array(LegacyUserSchema), ...errorResponses(404, 503) }
+      response: { 200: respondsWith(Type.Array(LegacyUserSchema), 'Every user, by id'), ...errorResponses(404, 503) }
     }
   }, async (request, reply) => {
     const client = await fastify.pg.connect()

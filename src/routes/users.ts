@@ -5,7 +5,7 @@ import { etagOf, noneMatchHits, parseTagCondition, versionsMatching } from '../h
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
-import { IdempotencyKeyHeaders, IfMatchHeaders, IfNoneMatchHeaders } from '../schemas/headers.js'
+import { IdempotencyKeyHeaders, IfMatchHeaders, IfNoneMatchHeaders, respondsWith } from '../schemas/headers.js'
 import {
   CreateUserBody, ListUsersQuery, UpdateUserBody, UserPage, UserParams, UserSchema
 } from '../schemas/users.js'
@@ -17,13 +17,17 @@ const PRECONDITION_FAILED = 'If-Match does not name the user\'s current ETag'
 const users: FastifyPluginAsyncTypebox = async (fastify) => {
   const db = fastify.pg.pool
 
-  fastify.post('/', {
+  fastify.post('', {
     schema: {
       tags,
+      operationId: 'createUser',
       summary: 'Create a user',
       headers: IdempotencyKeyHeaders,
       body: CreateUserBody,
-      response: { 201: UserSchema, ...errorResponses(400, 409, 413, 415, 422, 503) }
+      response: {
+        201: respondsWith(UserSchema, 'Created', ['location', 'etag', 'idempotent-replayed']),
+        ...errorResponses(400, 409, 413, 415, 422, 503)
+      }
     }
   }, async (request, reply) => {
     return await fastify.idempotency.handle(request, reply, async (client) => {
@@ -32,12 +36,13 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     })
   })
 
-  fastify.get('/', {
+  fastify.get('', {
     schema: {
       tags,
+      operationId: 'listUsers',
       summary: 'List users, a page at a time, in ascending id order',
       querystring: ListUsersQuery,
-      response: { 200: UserPage, ...errorResponses(400, 503) }
+      response: { 200: respondsWith(UserPage, 'A page of users'), ...errorResponses(400, 503) }
     }
   }, async (request) => {
     const { limit, after } = request.query
@@ -51,10 +56,15 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.get('/:id', {
     schema: {
       tags,
+      operationId: 'getUser',
       summary: 'Read a user',
       params: UserParams,
       headers: IfNoneMatchHeaders,
-      response: { 200: UserSchema, 304: Type.Null({ description: 'Not Modified' }), ...errorResponses(400, 404, 503) }
+      response: {
+        200: respondsWith(UserSchema, 'The user', ['etag']),
+        304: respondsWith(Type.Null(), 'Not Modified: If-None-Match names the current ETag', ['etag']),
+        ...errorResponses(400, 404, 503)
+      }
     }
   }, async (request, reply) => {
     const user = await findUserById(db, request.params.id)
@@ -70,11 +80,12 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.patch('/:id', {
     schema: {
       tags,
+      operationId: 'updateUser',
       summary: 'Change a user\'s name or email (email: null clears it)',
       params: UserParams,
       headers: IfMatchHeaders,
       body: UpdateUserBody,
-      response: { 200: UserSchema, ...errorResponses(400, 404, 409, 412, 413, 415, 503) }
+      response: { 200: respondsWith(UserSchema, 'The changed user', ['etag']), ...errorResponses(400, 404, 409, 412, 413, 415, 503) }
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
@@ -92,10 +103,11 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   fastify.delete('/:id', {
     schema: {
       tags,
+      operationId: 'deleteUser',
       summary: 'Delete a user',
       params: UserParams,
       headers: IfMatchHeaders,
-      response: { 204: Type.Null({ description: 'Deleted' }), ...errorResponses(400, 404, 412, 503) }
+      response: { 204: respondsWith(Type.Null(), 'Deleted'), ...errorResponses(400, 404, 412, 503) }
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']

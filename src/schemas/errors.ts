@@ -1,4 +1,5 @@
-import { Type, type Static } from '@sinclair/typebox'
+import { STATUS_CODES } from 'node:http'
+import { Type, type Static, type TObject } from '@sinclair/typebox'
 
 /** The body of every error the service answers, whatever the route. */
 export const ErrorResponse = Type.Object({
@@ -9,7 +10,31 @@ export const ErrorResponse = Type.Object({
 
 export type ErrorBody = Static<typeof ErrorResponse>
 
-/** Declares the error statuses a route can answer, each with the error body. */
-export function errorResponses<Status extends number> (...statuses: Status[]): Record<Status, typeof ErrorResponse> {
-  return Object.fromEntries(statuses.map((status) => [status, ErrorResponse])) as Record<Status, typeof ErrorResponse>
+// What each status means here, for the OpenAPI document.
+const meanings: Record<number, string> = {
+  400: 'Invalid input; the message names the field or header at fault',
+  404: 'No such user',
+  409: 'The email is taken by another user (or, rarely, an Idempotency-Key is still in progress)',
+  412: 'If-Match does not name the user\'s current ETag; nothing changed',
+  413: 'The body is over 16 KiB',
+  415: 'The body is not application/json',
+  422: 'The Idempotency-Key was already used with a different request',
+  500: 'A bug; the message says nothing of the internals',
+  503: 'The database is unavailable or the service is shutting down; retry after Retry-After seconds'
+}
+
+function errorResponse (status: number): TObject {
+  const schema: TObject = { ...ErrorResponse, description: `${STATUS_CODES[status] ?? 'Error'}: ${meanings[status] ?? ''}` }
+  if (status === 503) {
+    Object.assign(schema, { headers: { 'retry-after': { type: 'string', description: 'Seconds to wait before retrying' } } })
+  }
+  return schema
+}
+
+/**
+ * Declares the error statuses a route can answer, each with the error body;
+ * 500 (a true bug) can come from any route, so it is always included.
+ */
+export function errorResponses<Status extends number> (...statuses: Status[]): Record<Status | 500, typeof ErrorResponse> {
+  return Object.fromEntries([...statuses, 500].map((status) => [status, errorResponse(status)])) as Record<Status | 500, typeof ErrorResponse>
 }

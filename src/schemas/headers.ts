@@ -1,4 +1,4 @@
-import { Type } from '@sinclair/typebox'
+import { Type, type TSchema } from '@sinclair/typebox'
 import { ENTITY_TAG_LIST_PATTERN } from '../http/etag.js'
 import { pattern } from './patterns.js'
 
@@ -25,3 +25,20 @@ export const IfNoneMatchHeaders = Type.Object({
 export const IfMatchHeaders = Type.Object({
   'if-match': entityTags('412 Precondition Failed, and no change, unless it names the current ETag (or is * and the user exists)')
 })
+
+/** Response headers the service sends, as the OpenAPI document names them. */
+const responseHeaders = {
+  location: { type: 'string', description: 'The user\'s URL: /api/users/{id}' },
+  etag: { type: 'string', description: 'The user\'s entity tag, which changes with every change', examples: ['"3"'] },
+  'idempotent-replayed': {
+    type: 'string',
+    enum: ['true'],
+    description: 'Sent when this answer replays an earlier request with the same Idempotency-Key'
+  }
+} as const
+
+/** `schema` described as a response that carries `headers`. */
+export function respondsWith<T extends TSchema> (schema: T, description: string, headers: Array<keyof typeof responseHeaders> = []): T {
+  const declared = Object.fromEntries(headers.map((name) => [name, responseHeaders[name]]))
+  return { ...schema, description, ...(headers.length > 0 ? { headers: declared } : {}) }
+}

@@ -1,0 +1,80 @@
+import { Type } from '@sinclair/typebox'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import fp from 'fastify-plugin'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+
+/**
+ * `GET /metrics` in Prometheus text format, through prom-client: requests
+ * by route template (never the raw URL, which would make a series per id)
+ * and status, their duration, requests in flight, the connection pool, and
+ * the process (event-loop lag, heap, RSS, GC).
+ */
+const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+
+  const labelNames = ['method', 'route', 'status_code'] as const
+  const requests = new Counter({
+    name: 'http_requests_total',
+    help: 'HTTP requests answered, by method, route template and status',
+    labelNames,
+    registers: [registry]
+  })
+  const duration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'Time to answer HTTP requests, by method, route template and status',
+    labelNames,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry]
+  })
+  const inFlight = new Gauge({
+    name: 'http_requests_in_flight',
+    help: 'HTTP requests received and not yet answered',
+    registers: [registry]
+  })
+  const pool = fastify.pg.pool
+  const connections = new Gauge({
+    name: 'db_pool_connections',
+    help: 'Database pool connections: total open, idle, and requests waiting for one',
+    labelNames: ['state'],
+    registers: [registry],
+    collect () {
+      connections.set({ state: 'total' }, pool.totalCount)
+      connections.set({ state: 'idle' }, pool.idleCount)
+      connections.set({ state: 'waiting' }, pool.waitingCount)
+    }
+  })
+
+  fastify.addHook('onRequest', async (request, reply) => {
+    inFlight.inc()
+    // 'close' comes once whether the answer was sent or the client left.
+    reply.raw.once('close', () => inFlight.dec())
+  })
+  fastify.addHook('onResponse', async (request, reply) => {
+    const labels = {
+      method: request.method,
+      route: request.routeOptions.url ?? '(unmatched)',
+      status_code: String(reply.statusCode)
+    }
+    requests.inc(labels)
+    duration.observe(labels, reply.elapsedTime / 1000)
+  })
+
+  fastify.get('/metrics', {
+    schema: {
+      tags: ['operations'],
+      operationId: 'getMetrics',
+      summary: 'Prometheus metrics',
+      response: {
+        200: {
+          description: 'Prometheus text exposition format',
+          content: { 'text/plain': { schema: Type.String() } }
+        }
+      }
+    }
+  }, async (_request, reply) => {
+    return reply.type(registry.contentType).send(await registry.metrics())
+  })
+}
+
+export default fp(metrics, { name: 'metrics', dependencies: ['database'] })
