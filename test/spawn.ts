@@ -62,7 +62,7 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => set
  * test runner's environment leaks in, DATABASE_URL and NODE_OPTIONS included.
  * The child is killed when the test ends if it is still running.
  */
-export function spawnDist (t: Test, script: 'server.js' | 'migrate.js', env: Record<string, string>): Spawned {
+export function spawnDist (t: Test, script: 'server.js' | 'migrate.js' | 'healthcheck.js', env: Record<string, string>): Spawned {
   const started = Date.now()
   const child = spawn(process.execPath, [distDir + script], {
     env: { PATH: process.env.PATH ?? '', ...env },
