@@ -36,6 +36,8 @@ export const ConfigSchema = Type.Object({
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
+  // Worker processes on one machine (node:cluster); Kubernetes scales by replicas.
+  WEB_CONCURRENCY: integer(1, 64, 1),
   METRICS_ENABLED: boolean(true),
   DOCS_ENABLED: boolean(true),
   // The contract keeps keys at least 24 hours.
@@ -62,6 +64,8 @@ export interface Config {
   migrationsTimeoutMs: number
   shutdownGraceMs: number
   idempotencyKeyTtlSeconds: number
+  /** Worker processes; 1 serves from this process. */
+  webConcurrency: number
   /** Serve GET /metrics. */
   metricsEnabled: boolean
   /** Serve GET /docs and /docs/json. */
@@ -112,6 +116,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,
     shutdownGraceMs: valid.SHUTDOWN_GRACE_MS,
     idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS,
+    webConcurrency: valid.WEB_CONCURRENCY,
     metricsEnabled: valid.METRICS_ENABLED,
     docsEnabled: valid.DOCS_ENABLED
   }

@@ -216,3 +216,22 @@ t.test('migrating on start against a database that is down exits 1', CASE(), asy
   t.ok(run.lines.some((line) => /migrations failed/.test(line.msg ?? '')), 'a log line says the migrations failed')
   t.notOk(run.lines.some(isListening), 'it never listens')
 })
+
+t.test('WEB_CONCURRENCY=2: a primary migrates once, two workers share the port, SIGTERM stops all with 0', CASE(), async (t) => {
+  const databaseUrl = await createTestDatabase(t, { migrated: false })
+  const server = await startServer(t, { DATABASE_URL: databaseUrl, WEB_CONCURRENCY: '2' })
+  await server.waitForLine((line) => isListening(line) && server.lines.filter(isListening).length === 2, 'both workers listening')
+  t.equal(server.lines.filter((line) => line.msg === 'migrations applied').length, 1, 'migrated once, by the primary')
+  t.match(server.lines.find((line) => line.msg === 'cluster started'), { workers: 2 })
+  const pids = new Set(server.lines.filter(isListening).map((line) => line.pid))
+  t.equal(pids.size, 2, 'two worker processes')
+
+  const created = await request(`${server.baseUrl}/api/users`, { method: 'POST', json: { name: 'Clustered' } })
+  t.equal(created.status, 201)
+  const read = await request(`${server.baseUrl}/api/users/${(created.body as { id: number }).id}`)
+  t.equal(read.status, 200)
+
+  const exit = await stop(server)
+  t.equal(exit.code, 0)
+  t.equal(server.lines.filter((line) => line.msg === 'shutting down').length, 2, 'each worker drained')
+})
