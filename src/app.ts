@@ -61,7 +61,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     connectionString: config.databaseUrl,
     poolMax: config.database.poolMax,
     connectTimeoutMs: config.database.connectTimeoutMs,
-    statementTimeoutMs: config.database.statementTimeoutMs
+    statementTimeoutMs: config.database.statementTimeoutMs,
+    readPipelineConnections: config.database.readPipelineConnections
   })
 
   if (config.docsEnabled) await app.register(docs)

@@ -33,6 +33,7 @@ export const ConfigSchema = Type.Object({
   DATABASE_POOL_MAX: integer(1, 1000, 10),
   DATABASE_CONNECT_TIMEOUT_MS: integer(100, 60_000, 2_000),
   DATABASE_STATEMENT_TIMEOUT_MS: integer(100, 600_000, 5_000),
+  DATABASE_READ_PIPELINES: integer(0, 16, 0),
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
@@ -59,6 +60,7 @@ export interface Config {
     poolMax: number
     connectTimeoutMs: number
     statementTimeoutMs: number
+    readPipelineConnections: number
   }
   migrateOnStart: boolean
   migrationsTimeoutMs: number
@@ -110,7 +112,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     database: {
       poolMax: valid.DATABASE_POOL_MAX,
       connectTimeoutMs: valid.DATABASE_CONNECT_TIMEOUT_MS,
-      statementTimeoutMs: valid.DATABASE_STATEMENT_TIMEOUT_MS
+      statementTimeoutMs: valid.DATABASE_STATEMENT_TIMEOUT_MS,
+      readPipelineConnections: valid.DATABASE_READ_PIPELINES
     },
     migrateOnStart: valid.MIGRATE_ON_START,
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,

@@ -7,7 +7,7 @@ const INVALID_TEXT_CODES = ['22021', '22P05'] // invalid byte sequence, untransl
 
 // node-postgres reports lost or refused connections as plain errors.
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN'])
-const NETWORK_MESSAGES = /^(Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end)/
+const NETWORK_MESSAGES = /^(Connection terminated|timeout exceeded when trying to connect|timeout expired$|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end)/
 
 export type DatabaseFailure = 'unavailable' | 'unique-violation' | 'invalid-text'
 

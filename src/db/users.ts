@@ -2,6 +2,7 @@
 // Hot statements are named, so each connection prepares them once.
 import type { Pool, PoolClient } from 'pg'
 import type { LegacyUser, User } from '../schemas/users.js'
+import type { QueryRunner } from './read-pipeline.js'
 
 /** A pool, or a client inside a transaction. */
 export type Queryable = Pool | PoolClient
@@ -46,13 +47,13 @@ export async function insertUser (db: Queryable, name: string, email: string | n
   return rows[0] as UserRow
 }
 
-export async function findUserById (db: Pool, id: number): Promise<UserRow | undefined> {
+export async function findUserById (db: QueryRunner, id: number): Promise<UserRow | undefined> {
   const { rows } = await db.query<UserRow>({ name: 'users.find-by-id', text: SQL.findById, values: [id] })
   return rows[0]
 }
 
 /** Up to `limit` users with ids above `after`, in ascending id order. */
-export async function listUsersAfter (db: Pool, after: number, limit: number): Promise<User[]> {
+export async function listUsersAfter (db: QueryRunner, after: number, limit: number): Promise<User[]> {
   const { rows } = await db.query<User>({ name: 'users.list-after', text: SQL.listAfter, values: [after, limit] })
   return rows
 }

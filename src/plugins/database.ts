@@ -1,12 +1,22 @@
 import fastifyPostgres from '@fastify/postgres'
 import fp from 'fastify-plugin'
+import { ReadPipeline, type QueryRunner } from '../db/read-pipeline.js'
 import { databaseTypes } from '../db/types.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Where single-statement reads go: the read pipeline when on, else the pool. */
+    reads: QueryRunner
+  }
+}
 
 export interface DatabaseOptions {
   connectionString: string
   poolMax: number
   connectTimeoutMs: number
   statementTimeoutMs: number
+  /** Pipelined connections for reads; 0 sends reads through the pool. */
+  readPipelineConnections: number
 }
 
 /**
@@ -34,4 +44,18 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
   fastify.pg.pool.on('error', (error) => {
     fastify.log.warn({ err: error }, 'an idle database connection failed; the pool will open another')
   })
+
+  if (options.readPipelineConnections === 0) {
+    fastify.decorate('reads', fastify.pg.pool as QueryRunner)
+    return
+  }
+  const pipeline = new ReadPipeline({
+    connectionString: options.connectionString,
+    connections: options.readPipelineConnections,
+    connectTimeoutMs: options.connectTimeoutMs,
+    statementTimeoutMs: options.statementTimeoutMs,
+    onError: (error) => fastify.log.warn({ err: error }, 'a pipelined read connection failed; the next read opens another')
+  })
+  fastify.decorate('reads', pipeline)
+  fastify.addHook('onClose', () => pipeline.end())
 }, { name: 'database' })

@@ -47,7 +47,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const { limit, after } = request.query
     // One row more than asked tells whether another page follows.
-    const rows = await listUsersAfter(db, after, limit + 1)
+    const rows = await listUsersAfter(fastify.reads, after, limit + 1)
     const items = rows.slice(0, limit)
     const nextCursor = rows.length > limit ? (items.at(-1)?.id ?? null) : null
     return { items, nextCursor }
@@ -67,7 +67,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const user = await findUserById(db, request.params.id)
+    const user = await findUserById(fastify.reads, request.params.id)
     if (user === undefined) return sendError(reply, 404, userNotFound(request.params.id))
     reply.header('etag', etagOf(user.version))
     const ifNoneMatch = request.headers['if-none-match']

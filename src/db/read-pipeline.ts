@@ -1,0 +1,75 @@
+import pg, { type QueryConfig, type QueryResult, type QueryResultRow } from 'pg'
+import { databaseTypes } from './types.js'
+
+/** What a read needs: a pool, a checked-out client, or a read pipeline. */
+export interface QueryRunner {
+  query: <R extends QueryResultRow>(config: QueryConfig) => Promise<QueryResult<R>>
+}
+
+export interface ReadPipelineOptions {
+  connectionString: string
+  /** Pipelined connections, each shared by every concurrent read. */
+  connections: number
+  connectTimeoutMs: number
+  statementTimeoutMs: number
+  onError: (error: Error) => void
+}
+
+/**
+ * Single-statement reads on a few connections in node-postgres' pipeline
+ * mode: each query is written as soon as it is asked, without waiting for
+ * the one before, so one connection carries many concurrent reads and
+ * PostgreSQL answers them back to back. No transaction ever runs here (they
+ * would interleave); writes and transactions use the pool.
+ *
+ * A connection that fails or stalls (past the read timeout pg destroys it)
+ * fails the reads on it, which answer 503, and the next read opens another.
+ */
+export class ReadPipeline implements QueryRunner {
+  private readonly clients: Array<Promise<pg.Client> | undefined>
+  private turn = 0
+  private closed = false
+
+  constructor (private readonly options: ReadPipelineOptions) {
+    this.clients = new Array(options.connections).fill(undefined)
+  }
+
+  async query<R extends QueryResultRow> (config: QueryConfig): Promise<QueryResult<R>> {
+    const slot = this.turn
+    this.turn = (this.turn + 1) % this.clients.length
+    const client = await (this.clients[slot] ??= this.open(slot))
+    return await client.query<R>(config)
+  }
+
+  async end (): Promise<void> {
+    this.closed = true
+    await Promise.all(this.clients.map(async (opening) => {
+      const client = await opening?.catch(() => undefined)
+      await client?.end().catch(() => {})
+    }))
+  }
+
+  /** Connects a pipelined client for `slot`; the slot forgets it when it fails. */
+  private open (slot: number): Promise<pg.Client> {
+    if (this.closed) return Promise.reject(new Error('Cannot use a pool after calling end on the pool'))
+    const client = new pg.Client({
+      connectionString: this.options.connectionString,
+      pipeline: true,
+      connectionTimeoutMillis: this.options.connectTimeoutMs,
+      statement_timeout: this.options.statementTimeoutMs,
+      query_timeout: this.options.statementTimeoutMs + 1_000,
+      keepAlive: true,
+      application_name: 'users-service',
+      types: databaseTypes
+    })
+    const opening = client.connect().then(() => client)
+    const forget = () => { if (this.clients[slot] === opening) this.clients[slot] = undefined }
+    client.on('error', (error) => {
+      forget()
+      this.options.onError(error)
+    })
+    client.on('end', forget)
+    opening.catch(forget)
+    return opening
+  }
+}
