@@ -32,15 +32,12 @@ const SQL = {
     WHERE id = $1 AND ($5::bigint[] IS NULL OR version = ANY ($5::bigint[]))
     RETURNING ${USER_COLUMNS}`,
   delete: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))',
-  // A cursor read a batch at a time: each FETCH is a statement of its own,
-  // so the statement timeout bounds every batch rather than the download.
-  openAllIdsAndNames: `BEGIN READ ONLY;
-    DECLARE all_ids_and_names NO SCROLL CURSOR FOR SELECT id, name FROM users ORDER BY id`,
-  fetchIdsAndNames: 'FETCH 500 FROM all_ids_and_names',
-  commit: 'COMMIT',
-  rollback: 'ROLLBACK'
+  // Keyset batches: each is a statement of its own on any connection, so
+  // the statement timeout bounds every batch rather than the download, and
+  // no connection is held while a slow client reads.
+  idsAndNamesAfter: 'SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2'
 } as const
-const FETCH_SIZE = 500
+const BATCH_SIZE = 1_000
 
 export async function insertUser (db: Queryable, name: string, email: string | null): Promise<UserRow> {
   const { rows } = await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
@@ -84,24 +81,20 @@ export async function deleteUser (db: Pool, id: number, versions: number[] | nul
 }
 
 /**
- * Every user's id and name, by id, in batches read from a cursor as the
- * caller asks for them, so a large table never sits in memory at once. It
- * runs in a transaction on `client`, which the caller owns: when iteration
- * stops early the transaction is rolled back; if that throws, the
- * connection is broken and must be released with the error.
+ * Every user's id and name, by id, a batch at a time as the caller asks
+ * for them, so a large table never sits in memory at once. Each user comes
+ * once, in id order; one created meanwhile with a higher id comes too.
  */
-export async function * readAllIdsAndNames (client: PoolClient): AsyncGenerator<LegacyUser[]> {
-  await client.query(SQL.openAllIdsAndNames)
-  let finished = false
-  try {
-    for (;;) {
-      const { rows } = await client.query<LegacyUser>({ name: 'users.fetch-ids-and-names', text: SQL.fetchIdsAndNames })
-      if (rows.length > 0) yield rows
-      if (rows.length < FETCH_SIZE) break
-    }
-    await client.query(SQL.commit)
-    finished = true
-  } finally {
-    if (!finished) await client.query(SQL.rollback)
+export async function * readAllIdsAndNames (db: QueryRunner): AsyncGenerator<LegacyUser[]> {
+  for (let after = 0; ;) {
+    const { rows } = await db.query<LegacyUser>({
+      name: 'users.ids-and-names-after',
+      text: SQL.idsAndNamesAfter,
+      values: [after, BATCH_SIZE]
+    })
+    if (rows.length > 0) yield rows
+    const last = rows.at(-1)
+    if (rows.length < BATCH_SIZE || last === undefined) return
+    after = last.id
   }
 }

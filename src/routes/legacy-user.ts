@@ -1,4 +1,4 @@
-import { Readable, finished } from 'node:stream'
+import { Readable } from 'node:stream'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { insertUser, readAllIdsAndNames } from '../db/users.js'
@@ -45,24 +45,12 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: respondsWith(Type.Array(LegacyUserSchema), 'Every user, by id'), ...errorResponses(404, 503) }
     }
   }, async (request, reply) => {
-    const client = await fastify.pg.connect()
-    const batches = readAllIdsAndNames(client)
-    let first: IteratorResult<LegacyUser[]>
-    try {
-      first = await batches.next()
-    } catch (error) {
-      client.release(error as Error)
-      throw error
-    }
-    if (first.done === true) {
-      client.release()
-      return sendError(reply, 404, 'Users not found.')
-    }
+    const batches = readAllIdsAndNames(fastify.reads)
+    const first = await batches.next()
+    if (first.done === true) return sendError(reply, 404, 'Users not found.')
 
     const serialize = reply.compileSerializationSchema(LegacyUserSchema) as (user: LegacyUser) => string
     const body = Readable.from(jsonArray(first.value, batches, serialize), { objectMode: false })
-    // A connection that failed mid-stream is dropped, not reused.
-    finished(body, (error) => client.release(error ?? undefined))
     // The stream writes exactly the declared array, serialized row by row.
     return reply.type('application/json; charset=utf-8').send(body as unknown as LegacyUser[])
   })

@@ -35,10 +35,17 @@ export const UserEmail = Type.String({
 
 const Timestamp = Type.String({ format: 'date-time', examples: ['2026-11-27T10:00:00.000Z'] })
 
+// Response fields that may be null are a list of types rather than a union:
+// fast-json-stringify serializes `anyOf` by validating each value at run
+// time, a type list by a typeof check. (Request bodies keep unions: Ajv
+// reports their errors better.)
+const nullable = <T>(type: 'string' | 'integer', options: object = {}) =>
+  Type.Unsafe<T | null>({ type: [type, 'null'], ...options })
+
 export const UserSchema = Type.Object({
   id: UserId,
   name: Type.String(),
-  email: Type.Union([Type.String(), Type.Null()]),
+  email: nullable<string>('string', { examples: ['ada@example.com'] }),
   createdAt: Timestamp,
   updatedAt: Timestamp
 })
@@ -68,8 +75,10 @@ export const ListUsersQuery = Type.Object({
 
 export const UserPage = Type.Object({
   items: Type.Array(UserSchema),
-  nextCursor: Type.Union([UserId, Type.Null()], {
-    description: 'The last item\'s id when more may follow, else null'
+  nextCursor: nullable<number>('integer', {
+    minimum: 1,
+    description: 'The last item\'s id when more may follow, else null',
+    examples: [42]
   })
 })
 
