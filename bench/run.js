@@ -404,7 +404,7 @@ async function startService (databaseUrl, label) {
   const port = await freeLoopbackPort()
   const env = { ...process.env }
   for (const name of Object.keys(ConfigSchema.properties)) delete env[name]
-  for (const name of ['WEB_CONCURRENCY', 'DATABASE_POOL_MAX']) {
+  for (const name of ['WEB_CONCURRENCY', 'DATABASE_POOL_MAX', 'DATABASE_READ_PIPELINES']) {
     if (process.env[name] !== undefined && process.env[name] !== '') env[name] = process.env[name]
   }
   Object.assign(env, {
@@ -773,7 +773,7 @@ async function main () {
   const runTag = randomBytes(4).toString('hex')
   const busyAtStart = await otherCpuUse(1_000)
   console.log(`bench: wrk, ${THREADS} thread, ${CONNECTIONS} connections, ${DURATION_SECONDS} s runs after ${WARMUP_SECONDS} s warm-ups; ` +
-    `service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}; ` +
+    `service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}, DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}; ` +
     `${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
@@ -838,7 +838,8 @@ async function main () {
       warmupSeconds: WARMUP_SECONDS,
       database: server.kind,
       webConcurrency: process.env.WEB_CONCURRENCY || null,
-      databasePoolMax: process.env.DATABASE_POOL_MAX || null
+      databasePoolMax: process.env.DATABASE_POOL_MAX || null,
+      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),

@@ -48,21 +48,28 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
     const batches = readAllIdsAndNames(fastify.reads)
     const first = await batches.next()
     if (first.done === true) return sendError(reply, 404, 'Users not found.')
+    // A table that fits in one batch is answered whole, without a stream
+    // (the generator knows it is done without another query).
+    const second = await batches.next()
+    if (second.done === true) return first.value
 
     const serialize = reply.compileSerializationSchema(LegacyUserSchema) as (user: LegacyUser) => string
-    const body = Readable.from(jsonArray(first.value, batches, serialize), { objectMode: false })
+    const body = Readable.from(jsonArray([first.value, second.value], batches, serialize), { objectMode: false })
     // The stream writes exactly the declared array, serialized row by row.
     return reply.type('application/json; charset=utf-8').send(body as unknown as LegacyUser[])
   })
 }
 
 /** The JSON array of every item, a chunk per batch, written as batches arrive. */
-async function * jsonArray<T> (first: T[], rest: AsyncIterator<T[]>, serialize: (item: T) => string): AsyncGenerator<string> {
+async function * jsonArray<T> (read: T[][], rest: AsyncIterator<T[]>, serialize: (item: T) => string): AsyncGenerator<string> {
   let opening = '['
   try {
-    for (let batch: IteratorResult<T[]> = { done: false, value: first }; batch.done !== true; batch = await rest.next()) {
-      yield opening + batch.value.map(serialize).join(',')
+    for (const batch of read) {
+      yield opening + batch.map(serialize).join(',')
       opening = ','
+    }
+    for (let batch = await rest.next(); batch.done !== true; batch = await rest.next()) {
+      yield ',' + batch.value.map(serialize).join(',')
     }
     yield ']'
   } finally {
