@@ -12,6 +12,9 @@ RUN npm run build
 # Runtime: production dependencies, the compiled code and the migrations.
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime
 ENV NODE_ENV=production
+# A small young generation: resident memory under load stays under 150 MB
+# with no measurable loss of throughput (BENCHMARKS.md).
+ENV NODE_OPTIONS=--max-semi-space-size=4
 WORKDIR /app
 COPY package.json package-lock.json ./
 # npm's cache goes to a folder removed in the same layer, so the image keeps

@@ -413,7 +413,9 @@ async function startService (databaseUrl, label) {
     HOST: '127.0.0.1',
     PORT: String(port),
     DATABASE_URL: databaseUrl,
-    MIGRATE_ON_START: 'false'
+    MIGRATE_ON_START: 'false',
+    // As the image runs it (Dockerfile), unless the caller says otherwise.
+    NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4'
   })
   const child = track(spawn(process.execPath, [SERVER_JS], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }))
   const logs = collectLogs(child)
