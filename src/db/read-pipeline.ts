@@ -1,7 +1,7 @@
 import pg, { type QueryConfig, type QueryResult, type QueryResultRow } from 'pg'
 import { databaseTypes } from './types.js'
 
-/** What a read needs: a pool, a checked-out client, or a read pipeline. */
+/** What a statement needs: a pool, a checked-out client, or (reads only) a read pipeline. */
 export interface QueryRunner {
   query: <R extends QueryResultRow>(config: QueryConfig) => Promise<QueryResult<R>>
 }

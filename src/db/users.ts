@@ -1,11 +1,7 @@
 // Every SQL statement of the users resource, hand-written and parameterized.
 // Hot statements are named, so each connection prepares them once.
-import type { Pool, PoolClient } from 'pg'
 import type { LegacyUser, User } from '../schemas/users.js'
 import type { QueryRunner } from './read-pipeline.js'
-
-/** A pool, or a client inside a transaction. */
-export type Queryable = Pool | PoolClient
 
 /** A user as the API shows it, plus the version its ETag comes from. */
 export type UserRow = User & { version: number }
@@ -39,7 +35,7 @@ const SQL = {
 } as const
 const BATCH_SIZE = 1_000
 
-export async function insertUser (db: Queryable, name: string, email: string | null): Promise<UserRow> {
+export async function insertUser (db: QueryRunner, name: string, email: string | null): Promise<UserRow> {
   const { rows } = await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
   return rows[0] as UserRow
 }
@@ -65,7 +61,7 @@ export interface UserChanges {
  * Applies the changes if the user exists and, when `versions` is given, is
  * at one of them. Returns the changed user, or undefined for neither.
  */
-export async function updateUser (db: Pool, id: number, changes: UserChanges, versions: number[] | null): Promise<UserRow | undefined> {
+export async function updateUser (db: QueryRunner, id: number, changes: UserChanges, versions: number[] | null): Promise<UserRow | undefined> {
   const { rows } = await db.query<UserRow>({
     name: 'users.update',
     text: SQL.update,
@@ -75,7 +71,7 @@ export async function updateUser (db: Pool, id: number, changes: UserChanges, ve
 }
 
 /** Whether a user was deleted (it existed and, given `versions`, was at one of them). */
-export async function deleteUser (db: Pool, id: number, versions: number[] | null): Promise<boolean> {
+export async function deleteUser (db: QueryRunner, id: number, versions: number[] | null): Promise<boolean> {
   const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id, versions] })
   return rowCount === 1
 }

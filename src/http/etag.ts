@@ -19,9 +19,11 @@ export function parseTagCondition (header: string): TagCondition {
 
 /**
  * The versions an If-Match header accepts, by strong comparison (a weak tag
- * never matches), or null for `*`: any version of an existing user.
+ * never matches), or null for no header or `*`: any version of an existing user.
  */
-export function versionsMatching (condition: TagCondition): number[] | null {
+export function versionsAllowedBy (ifMatch: string | undefined): number[] | null {
+  if (ifMatch === undefined) return null
+  const condition = parseTagCondition(ifMatch)
   if (condition.any) return null
   return condition.tags
     .filter((tag) => !tag.weak && /^[1-9]\d{0,15}$/.test(tag.opaque))

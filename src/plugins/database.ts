@@ -46,7 +46,7 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
   })
 
   if (options.readPipelineConnections === 0) {
-    fastify.decorate('reads', fastify.pg.pool as QueryRunner)
+    fastify.decorate('reads', fastify.pg.pool)
     return
   }
   const pipeline = new ReadPipeline({

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { claimKey, findKey, purgeExpiredKeys, saveAnswer, type StoredAnswer } from '../db/idempotency-keys.js'
-import type { Queryable } from '../db/users.js'
+import type { QueryRunner } from '../db/read-pipeline.js'
 import { sendError } from './errors.js'
 
 export type { StoredAnswer }
@@ -15,7 +15,7 @@ export interface IdempotencyOptions {
 }
 
 /** Performs a create on `db` and returns the answer to send (and keep). */
-export type Create = (db: Queryable) => Promise<StoredAnswer>
+export type Create = (db: QueryRunner) => Promise<StoredAnswer>
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -35,7 +35,7 @@ type Outcome =
   | { kind: 'performed' | 'replayed', answer: StoredAnswer }
   | { kind: 'different-request' | 'in-progress' }
 
-export const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
+const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
 const PURGE_BATCH = 1_000
 const PURGE_MAX_BATCHES = 20
 

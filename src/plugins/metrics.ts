@@ -45,7 +45,7 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   })
 
-  fastify.addHook('onRequest', async (request, reply) => {
+  fastify.addHook('onRequest', async (_request, reply) => {
     inFlight.inc()
     // 'close' comes once whether the answer was sent or the client left.
     reply.raw.once('close', () => inFlight.dec())

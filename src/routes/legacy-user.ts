@@ -44,7 +44,7 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       summary: 'Every user\'s id and name, by id (seed-compatible; use GET /api/users)',
       response: { 200: respondsWith(Type.Array(LegacyUserSchema), 'Every user, by id'), ...errorResponses(404, 503) }
     }
-  }, async (request, reply) => {
+  }, async (_request, reply) => {
     const batches = readAllIdsAndNames(fastify.reads)
     const first = await batches.next()
     if (first.done === true) return sendError(reply, 404, 'Users not found.')

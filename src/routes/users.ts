@@ -1,7 +1,8 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
-import { etagOf, noneMatchHits, parseTagCondition, versionsMatching } from '../http/etag.js'
+import type { FastifyReply } from 'fastify'
+import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
@@ -89,14 +90,8 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const versions = ifMatch === undefined ? null : versionsMatching(parseTagCondition(ifMatch))
-    const user = await updateUser(db, request.params.id, request.body, versions)
-    if (user === undefined) {
-      // With If-Match, a user that is gone fails the precondition too (RFC 9110 13.1.1).
-      return ifMatch === undefined
-        ? sendError(reply, 404, userNotFound(request.params.id))
-        : sendError(reply, 412, PRECONDITION_FAILED)
-    }
+    const user = await updateUser(db, request.params.id, request.body, versionsAllowedBy(ifMatch))
+    if (user === undefined) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.header('etag', etagOf(user.version)).send(user)
   })
 
@@ -111,19 +106,23 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const versions = ifMatch === undefined ? null : versionsMatching(parseTagCondition(ifMatch))
-    const deleted = await deleteUser(db, request.params.id, versions)
-    if (!deleted) {
-      return ifMatch === undefined
-        ? sendError(reply, 404, userNotFound(request.params.id))
-        : sendError(reply, 412, PRECONDITION_FAILED)
-    }
+    const deleted = await deleteUser(db, request.params.id, versionsAllowedBy(ifMatch))
+    if (!deleted) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.code(204).send(null)
   })
 }
 
 function userNotFound (id: number): string {
   return `user ${id} not found`
+}
+
+/**
+ * Why a conditional write touched no row: without If-Match the user is
+ * missing (404); with it, a stale tag and a user that is gone both fail
+ * the precondition (412, RFC 9110 13.1.1).
+ */
+function sendNotChanged (reply: FastifyReply, id: number, ifMatch: string | undefined): FastifyReply {
+  return ifMatch === undefined ? sendError(reply, 404, userNotFound(id)) : sendError(reply, 412, PRECONDITION_FAILED)
 }
 
 export default users
