@@ -167,6 +167,9 @@ t.test('GET /api/user lists every user as {id, name}, by id', async (t) => {
   const expected = await usersInDatabase()
   t.ok(expected.length >= 5, 'several users exist')
   t.strictSame(response.json(), expected)
+  // PostgreSQL writes this body; it is byte for byte what JSON.stringify
+  // writes, the earlier test's quotes, control characters and emoji included.
+  t.equal(response.body, JSON.stringify(expected), 'compact JSON, escaped as JSON.stringify escapes')
 })
 
 t.test('GET /api/user streams a large table whole and in order', async (t) => {

@@ -1,6 +1,6 @@
 // Every SQL statement of the users resource, hand-written and parameterized.
 // Hot statements are named, so each connection prepares them once.
-import type { LegacyUser, User } from '../schemas/users.js'
+import type { User } from '../schemas/users.js'
 import type { QueryRunner } from './read-pipeline.js'
 
 /** A user as the API shows it, plus the version its ETag comes from. */
@@ -30,8 +30,13 @@ const SQL = {
   delete: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))',
   // Keyset batches: each is a statement of its own on any connection, so
   // the statement timeout bounds every batch rather than the download, and
-  // no connection is held while a slow client reads.
-  idsAndNamesAfter: 'SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2'
+  // no connection is held while a slow client reads. PostgreSQL writes each
+  // batch as JSON text ({"id":…,"name":…} joined by commas; to_json escapes
+  // the name as JSON.stringify would), so a batch is one string to send,
+  // not a thousand objects to build and serialize again.
+  idsAndNamesJsonAfter: `SELECT string_agg('{"id":' || id || ',"name":' || to_json(name) || '}', ',' ORDER BY id) AS json,
+      count(*)::int AS count, max(id) AS "lastId"
+    FROM (SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2) batch`
 } as const
 const BATCH_SIZE = 1_000
 
@@ -76,21 +81,28 @@ export async function deleteUser (db: QueryRunner, id: number, versions: number[
   return rowCount === 1
 }
 
+/** Some users' `{"id","name"}` objects as JSON text, joined by commas. */
+export interface JsonBatch {
+  json: string
+  count: number
+  lastId: number
+}
+
 /**
  * Every user's id and name, by id, a batch at a time as the caller asks
  * for them, so a large table never sits in memory at once. Each user comes
  * once, in id order; one created meanwhile with a higher id comes too.
  */
-export async function * readAllIdsAndNames (db: QueryRunner): AsyncGenerator<LegacyUser[]> {
+export async function * readAllIdsAndNamesAsJson (db: QueryRunner): AsyncGenerator<JsonBatch> {
   for (let after = 0; ;) {
-    const { rows } = await db.query<LegacyUser>({
-      name: 'users.ids-and-names-after',
-      text: SQL.idsAndNamesAfter,
+    const { rows } = await db.query<JsonBatch>({
+      name: 'users.ids-and-names-json-after',
+      text: SQL.idsAndNamesJsonAfter,
       values: [after, BATCH_SIZE]
     })
-    if (rows.length > 0) yield rows
-    const last = rows.at(-1)
-    if (rows.length < BATCH_SIZE || last === undefined) return
-    after = last.id
+    const batch = rows[0] as JsonBatch
+    if (batch.count > 0) yield batch
+    if (batch.count < BATCH_SIZE) return
+    after = batch.lastId
   }
 }

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { insertUser, readAllIdsAndNames } from '../db/users.js'
+import { insertUser, readAllIdsAndNamesAsJson, type JsonBatch } from '../db/users.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
@@ -45,31 +45,31 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: respondsWith(Type.Array(LegacyUserSchema), 'Every user, by id'), ...errorResponses(404, 503) }
     }
   }, async (_request, reply) => {
-    const batches = readAllIdsAndNames(fastify.reads)
+    const batches = readAllIdsAndNamesAsJson(fastify.reads)
     const first = await batches.next()
     if (first.done === true) return sendError(reply, 404, 'Users not found.')
-    // A table that fits in one batch is answered whole, without a stream
-    // (the generator knows it is done without another query).
+    // The batches are JSON text already: a string or stream sent as
+    // application/json skips the serializer. A table that fits in one batch
+    // is answered whole, without a stream (the generator knows it is done
+    // without another query).
+    reply.type('application/json; charset=utf-8')
     const second = await batches.next()
-    if (second.done === true) return first.value
-
-    const serialize = reply.compileSerializationSchema(LegacyUserSchema) as (user: LegacyUser) => string
-    const body = Readable.from(jsonArray([first.value, second.value], batches, serialize), { objectMode: false })
-    // The stream writes exactly the declared array, serialized row by row.
-    return reply.type('application/json; charset=utf-8').send(body as unknown as LegacyUser[])
+    if (second.done === true) return reply.send(`[${first.value.json}]` as unknown as LegacyUser[])
+    const body = Readable.from(jsonArray([first.value, second.value], batches), { objectMode: false })
+    return reply.send(body as unknown as LegacyUser[])
   })
 }
 
-/** The JSON array of every item, a chunk per batch, written as batches arrive. */
-async function * jsonArray<T> (read: T[][], rest: AsyncIterator<T[]>, serialize: (item: T) => string): AsyncGenerator<string> {
+/** The JSON array of every batch's items, a chunk per batch, written as batches arrive. */
+async function * jsonArray (read: JsonBatch[], rest: AsyncIterator<JsonBatch>): AsyncGenerator<string> {
   let opening = '['
   try {
     for (const batch of read) {
-      yield opening + batch.map(serialize).join(',')
+      yield opening + batch.json
       opening = ','
     }
     for (let batch = await rest.next(); batch.done !== true; batch = await rest.next()) {
-      yield ',' + batch.value.map(serialize).join(',')
+      yield ',' + batch.value.json
     }
     yield ']'
   } finally {
