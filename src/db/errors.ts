@@ -11,6 +11,19 @@ const NETWORK_MESSAGES = /^(Connection terminated|timeout exceeded when trying t
 
 export type DatabaseFailure = 'unavailable' | 'unique-violation' | 'invalid-text'
 
+/**
+ * Whether the connection itself failed (lost, reset, or silent past the
+ * client's read timeout), as opposed to PostgreSQL answering with an error.
+ * After an answered error the statement surely did not take effect; after a
+ * lost connection, a statement already sent may or may not have.
+ */
+export function isLostConnection (error: unknown): boolean {
+  if (!(error instanceof Error)) return false
+  const code = (error as { code?: unknown }).code
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return false
+  return (typeof code === 'string' && NETWORK_CODES.has(code)) || NETWORK_MESSAGES.test(error.message)
+}
+
 export function classifyDatabaseError (error: unknown): DatabaseFailure | undefined {
   if (!(error instanceof Error)) return undefined
   const code = (error as { code?: unknown }).code

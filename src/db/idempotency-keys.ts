@@ -1,5 +1,6 @@
 // The SQL of Idempotency-Key records (migrations/3_create-idempotency-keys.sql).
 import type { Pool, PoolClient } from 'pg'
+import type { QueryRunner } from './read-pipeline.js'
 
 const SQL = {
   // Takes the key for this request: a new key, or one whose record has
@@ -43,7 +44,7 @@ export async function claimKey (client: PoolClient, key: string, fingerprint: st
   return rowCount === 1
 }
 
-export async function findKey (client: PoolClient, key: string): Promise<KeyRecord | undefined> {
+export async function findKey (client: QueryRunner, key: string): Promise<KeyRecord | undefined> {
   const { rows } = await client.query<KeyRecord>({ name: 'idempotency.find', text: SQL.find, values: [key] })
   return rows[0]
 }

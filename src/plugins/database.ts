@@ -34,6 +34,9 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
     // later in case the server itself is what stopped answering.
     statement_timeout: options.statementTimeoutMs,
     query_timeout: options.statementTimeoutMs + 1_000,
+    // A transaction whose connection went silent (a partition, a stalled
+    // client) is aborted by the server rather than holding its locks.
+    idle_in_transaction_session_timeout: options.statementTimeoutMs,
     keepAlive: true,
     application_name: 'users-service',
     types: databaseTypes

@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply } from 'fastify'
 import fp from 'fastify-plugin'
 import { classifyDatabaseError } from '../db/errors.js'
+import { WriteOutcomeUnknownError } from '../db/writes.js'
 import type { ErrorBody } from '../schemas/errors.js'
 
 /** Seconds a client should wait before retrying when the database is away. */
@@ -21,6 +22,15 @@ export function sendError (reply: FastifyReply, statusCode: number, message: str
  */
 export default fp(async function errors (fastify) {
   fastify.setErrorHandler(function handleError (error: FastifyError, request, reply) {
+    if (error instanceof WriteOutcomeUnknownError) {
+      // Neither 503 ("nothing happened, retry") nor 2xx would be true. A
+      // connection closed without an answer is what HTTP says for "outcome
+      // unknown"; a retry with the same Idempotency-Key learns the outcome.
+      request.log.warn({ err: error }, 'write outcome unknown; closing the connection without an answer')
+      reply.hijack()
+      reply.raw.destroy()
+      return
+    }
     const failure = classifyDatabaseError(error)
     if (failure === 'unique-violation') {
       return sendError(reply, 409, 'body/email is already taken by another user')

@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { claimKey, findKey, purgeExpiredKeys, saveAnswer, type StoredAnswer } from '../db/idempotency-keys.js'
 import type { QueryRunner } from '../db/read-pipeline.js'
+import { endBackend, writeInTransaction, writeOnce, WriteOutcomeUnknownError } from '../db/writes.js'
 import { sendError } from './errors.js'
 
 export type { StoredAnswer }
@@ -38,6 +39,8 @@ type Outcome =
 const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
 const PURGE_BATCH = 1_000
 const PURGE_MAX_BATCHES = 20
+/** How long settling a lost transaction may wait for its backend to end. */
+const SETTLE_TIMEOUT_MS = 1_000
 
 /**
  * Idempotency-Key for creates. The key is claimed and the create performed
@@ -52,24 +55,25 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
 
   async function handle (request: FastifyRequest, reply: FastifyReply, create: Create): Promise<FastifyReply> {
     const key = request.headers[IDEMPOTENCY_KEY_HEADER]
-    if (typeof key !== 'string') return send(reply, await create(pool))
+    if (typeof key !== 'string') return send(reply, await writeOnce(pool, create))
 
     const fingerprint = fingerprintOf(request)
-    // Decided and committed first, sent after: a client never sees a 201
-    // whose transaction could still fail.
-    const outcome = await fastify.pg.transact(async (client): Promise<Outcome> => {
-      if (await claimKey(client, key, fingerprint, options.ttlSeconds)) {
-        const answer = await create(client)
-        await saveAnswer(client, key, answer)
-        return { kind: 'performed', answer }
-      }
-      const record = await findKey(client, key)
-      // Not reachable while records are written in one transaction; kept so
-      // that a record from an interrupted write is never replayed as empty.
-      if (record === undefined || record.statusCode === null || record.body === null) return { kind: 'in-progress' }
-      if (record.fingerprint !== fingerprint) return { kind: 'different-request' }
-      return { kind: 'replayed', answer: { statusCode: record.statusCode, headers: record.headers ?? {}, body: record.body } }
-    })
+    let outcome: Outcome
+    try {
+      // Decided and committed first, sent after: a client never sees a 201
+      // whose transaction could still fail.
+      outcome = await writeInTransaction(pool, async (client): Promise<Outcome> => {
+        if (await claimKey(client, key, fingerprint, options.ttlSeconds)) {
+          const answer = await create(client)
+          await saveAnswer(client, key, answer)
+          return { kind: 'performed', answer }
+        }
+        return recordedOutcome(await findKey(client, key), fingerprint)
+      })
+    } catch (error) {
+      if (!(error instanceof WriteOutcomeUnknownError)) throw error
+      outcome = await settle(key, fingerprint, error)
+    }
 
     switch (outcome.kind) {
       case 'performed':
@@ -83,6 +87,27 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
         reply.header('retry-after', '1')
         return sendError(reply, 409, 'a request with this Idempotency-Key is still in progress')
     }
+  }
+
+  /**
+   * The connection broke while COMMIT was on its way. The key tells what
+   * happened, once the transaction is settled for good: its backend is
+   * ended first, so a COMMIT still in flight cannot land after the look.
+   * Committed: the stored answer. Not: a 503, which is then the truth. If
+   * the database cannot be asked, the outcome stays unknown (and the
+   * client's connection is closed without an answer; see errors.ts).
+   */
+  async function settle (key: string, fingerprint: string, lost: WriteOutcomeUnknownError): Promise<Outcome> {
+    let record: KeyRecord
+    try {
+      if (!await endBackend(pool, lost.backendPid, SETTLE_TIMEOUT_MS)) throw lost
+      record = await findKey(pool, key)
+    } catch {
+      throw lost
+    }
+    if (record === undefined) throw lost.cause
+    const outcome = recordedOutcome(record, fingerprint)
+    return outcome.kind === 'replayed' ? { kind: 'performed', answer: outcome.answer } : outcome
   }
 
   async function purgeExpired (): Promise<number> {
@@ -111,6 +136,17 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
   })
   fastify.addHook('onClose', async () => clearInterval(timer))
 }, { name: 'idempotency', dependencies: ['database', 'errors'] })
+
+type KeyRecord = Awaited<ReturnType<typeof findKey>>
+
+/** What a key's stored record means for a request with this fingerprint. */
+function recordedOutcome (record: KeyRecord, fingerprint: string): Outcome {
+  // Not reachable while records are written in one transaction; kept so
+  // that a record from an interrupted write is never replayed as empty.
+  if (record === undefined || record.statusCode === null || record.body === null) return { kind: 'in-progress' }
+  if (record.fingerprint !== fingerprint) return { kind: 'different-request' }
+  return { kind: 'replayed', answer: { statusCode: record.statusCode, headers: record.headers ?? {}, body: record.body } }
+}
 
 /** An answer serialized by the route's response schema for `statusCode`. */
 export function answerOf (reply: FastifyReply, statusCode: number, headers: Record<string, string>, payload: unknown): StoredAnswer {

@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
 import type { FastifyReply } from 'fastify'
 import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
+import { writeOnce } from '../db/writes.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
@@ -90,7 +91,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const user = await updateUser(db, request.params.id, request.body, versionsAllowedBy(ifMatch))
+    const user = await writeOnce(db, (client) => updateUser(client, request.params.id, request.body, versionsAllowedBy(ifMatch)))
     if (user === undefined) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.header('etag', etagOf(user.version)).send(user)
   })
@@ -106,7 +107,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const deleted = await deleteUser(db, request.params.id, versionsAllowedBy(ifMatch))
+    const deleted = await writeOnce(db, (client) => deleteUser(client, request.params.id, versionsAllowedBy(ifMatch)))
     if (!deleted) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.code(204).send(null)
   })
