@@ -10,6 +10,7 @@ import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
 import idempotency from './plugins/idempotency.js'
 import jsonBodies from './plugins/json-bodies.js'
+import loadShedding from './plugins/load-shedding.js'
 import metrics from './plugins/metrics.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
 import health from './routes/health.js'
@@ -20,6 +21,13 @@ import { describeValidationErrors, validatorCompiler } from './validation.js'
 /** Users' bodies are a name and an email: anything near this is not one. */
 export const BODY_LIMIT_BYTES = 16 * 1024
 const READY_TIMEOUT_MS = 1_000
+// A client gets this long to send its headers, then its whole request
+// (slow-loris defence), and
+// a connection with a request under way this long without any traffic.
+// Idle keep-alive connections are governed by Fastify's keepAliveTimeout.
+const HEADERS_TIMEOUT_MS = 10_000
+const REQUEST_TIMEOUT_MS = 30_000
+const CONNECTION_TIMEOUT_MS = 60_000
 const IDEMPOTENCY_PURGE_INTERVAL_MS = 5 * 60_000
 
 export interface AppOverrides {
@@ -42,6 +50,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     requestIdHeader: false,
     logController: new OneLinePerRequest(),
     bodyLimit: BODY_LIMIT_BYTES,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    connectionTimeout: CONNECTION_TIMEOUT_MS,
     // Collections are routed without a trailing slash; /api/users/ still works.
     routerOptions: { ignoreTrailingSlash: true },
     // Requests during shutdown get real answers (readiness: 503 with our
@@ -51,6 +61,7 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     clientErrorHandler
   }).withTypeProvider<TypeBoxTypeProvider>()
 
+  app.server.headersTimeout = HEADERS_TIMEOUT_MS
   app.setValidatorCompiler(validatorCompiler)
 
   await app.register(requestId)
@@ -64,6 +75,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     statementTimeoutMs: config.database.statementTimeoutMs,
     readPipelineConnections: config.database.readPipelineConnections
   })
+
+  await app.register(loadShedding, config.loadShedding)
 
   if (config.docsEnabled) await app.register(docs)
   if (config.metricsEnabled) await app.register(metrics)

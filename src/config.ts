@@ -36,6 +36,10 @@ export const ConfigSchema = Type.Object({
   // Measured by npm run bench: two pipelined connections for reads took
   // W1 from 7,900 to 12,400 req/s and W2 from 2,600 to 3,700 (BENCHMARKS.md).
   DATABASE_READ_PIPELINES: integer(0, 16, 2),
+  // Load shedding: past these, /api requests get 503 + Retry-After at once
+  // instead of queueing (0 turns a check off).
+  DATABASE_QUEUE_MAX: integer(0, 100_000, 128),
+  EVENT_LOOP_DELAY_MAX_MS: integer(0, 60_000, 250),
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
@@ -63,6 +67,12 @@ export interface Config {
     connectTimeoutMs: number
     statementTimeoutMs: number
     readPipelineConnections: number
+  }
+  loadShedding: {
+    /** Requests waiting for a pool client, or reads in flight, before new ones get 503. */
+    maxDatabaseQueue: number
+    /** Mean event-loop delay, in ms, before new requests get 503. */
+    maxEventLoopDelayMs: number
   }
   migrateOnStart: boolean
   migrationsTimeoutMs: number
@@ -116,6 +126,10 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       connectTimeoutMs: valid.DATABASE_CONNECT_TIMEOUT_MS,
       statementTimeoutMs: valid.DATABASE_STATEMENT_TIMEOUT_MS,
       readPipelineConnections: valid.DATABASE_READ_PIPELINES
+    },
+    loadShedding: {
+      maxDatabaseQueue: valid.DATABASE_QUEUE_MAX,
+      maxEventLoopDelayMs: valid.EVENT_LOOP_DELAY_MAX_MS
     },
     migrateOnStart: valid.MIGRATE_ON_START,
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,

@@ -29,6 +29,7 @@ export class ReadPipeline implements QueryRunner {
   private readonly clients: Array<Promise<pg.Client> | undefined>
   private turn = 0
   private closed = false
+  private inFlight = 0
 
   constructor (private readonly options: ReadPipelineOptions) {
     this.clients = new Array(options.connections).fill(undefined)
@@ -37,8 +38,18 @@ export class ReadPipeline implements QueryRunner {
   async query<R extends QueryResultRow> (config: QueryConfig): Promise<QueryResult<R>> {
     const slot = this.turn
     this.turn = (this.turn + 1) % this.clients.length
-    const client = await (this.clients[slot] ??= this.open(slot))
-    return await client.query<R>(config)
+    this.inFlight++
+    try {
+      const client = await (this.clients[slot] ??= this.open(slot))
+      return await client.query<R>(config)
+    } finally {
+      this.inFlight--
+    }
+  }
+
+  /** Reads sent or waiting to be, not answered yet. */
+  get waitingCount (): number {
+    return this.inFlight
   }
 
   async end (): Promise<void> {

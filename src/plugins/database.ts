@@ -6,7 +6,7 @@ import { databaseTypes } from '../db/types.js'
 declare module 'fastify' {
   interface FastifyInstance {
     /** Where single-statement reads go: the read pipeline when on, else the pool. */
-    reads: QueryRunner
+    reads: QueryRunner & { readonly waitingCount: number }
   }
 }
 
