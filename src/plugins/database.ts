@@ -47,6 +47,14 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
   fastify.pg.pool.on('error', (error) => {
     fastify.log.warn({ err: error }, 'an idle database connection failed; the pool will open another')
   })
+  // While a client is checked out, the pool listens to it no more: a socket
+  // reset then would be an 'error' with no listener, which ends the process.
+  // The query under way fails on its own (and answers 503 or outcome unknown).
+  fastify.pg.pool.on('connect', (client) => {
+    client.on('error', (error) => {
+      fastify.log.warn({ err: error }, 'a database connection in use failed')
+    })
+  })
 
   if (options.readPipelineConnections === 0) {
     fastify.decorate('reads', fastify.pg.pool)
