@@ -74,7 +74,10 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     reply.header('etag', etagOf(user.version))
     const ifNoneMatch = request.headers['if-none-match']
     if (ifNoneMatch !== undefined && noneMatchHits(parseTagCondition(ifNoneMatch), user.version)) {
-      return reply.code(304).send(null)
+      // Nothing at all, not null: Fastify would serialize null as "null" and
+      // send Content-Length: 4, and a 304 may only repeat the 200's length
+      // (clients that trust it wait for 4 bytes that never come).
+      return reply.code(304).send(undefined as unknown as null)
     }
     return user
   })
