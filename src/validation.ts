@@ -1,4 +1,4 @@
-import { Ajv, type ErrorObject, type Options } from 'ajv'
+import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv'
 import addFormats from 'ajv-formats'
 import type { FastifySchemaCompiler } from 'fastify'
 import type { FastifySchemaValidationError } from 'fastify/types/schema.js'
@@ -19,7 +19,43 @@ const bodyAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: false }), [
 const textAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: true }), ['email', 'date-time'])
 
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) =>
-  (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object)
+  httpPart === 'body' ? bodyAjv.compile(schema as object) : strictIntegers(schema as TextSchema, textAjv.compile(schema as object))
+
+interface TextSchema { properties?: Record<string, { type?: unknown, maximum?: unknown }> }
+type Validate = ValidateFunction & ((data: unknown) => boolean)
+
+// Ajv's coercion reads any text Number() reads: "Infinity", "0x10", "1e3",
+// " 1", and "4503599627370497.5" (rounded to an integer). An integer in a
+// path or query string must be written as one: digits, maybe a minus.
+const INTEGER_TEXT = /^-?[0-9]+$/
+
+/** `validate`, refusing integer fields whose text is not plainly an integer. */
+function strictIntegers (schema: TextSchema, validate: ValidateFunction): Validate {
+  const integerFields = Object.entries(schema.properties ?? {}).filter(([, property]) => property.type === 'integer')
+  if (integerFields.length === 0) return validate as Validate
+  const checked = ((data: unknown) => {
+    for (const [name, property] of integerFields) {
+      const value = (data as Record<string, unknown> | null | undefined)?.[name]
+      if (typeof value !== 'string') continue
+      const instancePath = `/${name}`
+      if (!INTEGER_TEXT.test(value)) {
+        checked.errors = [{ keyword: 'type', instancePath, schemaPath: '#/type', params: { type: 'integer' }, message: 'must be integer' }]
+        return false
+      }
+      // So many digits that the number is Infinity, which Ajv's maximum lets by.
+      if (!Number.isFinite(Number(value))) {
+        checked.errors = typeof property.maximum === 'number'
+          ? [{ keyword: 'maximum', instancePath, schemaPath: '#/maximum', params: { comparison: '<=', limit: property.maximum }, message: `must be <= ${property.maximum}` }]
+          : [{ keyword: 'type', instancePath, schemaPath: '#/type', params: { type: 'integer' }, message: 'must be integer' }]
+        return false
+      }
+    }
+    const valid = validate(data)
+    checked.errors = validate.errors
+    return valid
+  }) as Validate
+  return checked
+}
 
 /**
  * One message naming the offending field, such as
