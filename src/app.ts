@@ -2,7 +2,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServ
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { AppConfig } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
-import { clientErrorHandler } from './http/client-error.js'
+import { clientErrorHandler, routingErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
@@ -52,8 +52,14 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     bodyLimit: BODY_LIMIT_BYTES,
     requestTimeout: REQUEST_TIMEOUT_MS,
     connectionTimeout: CONNECTION_TIMEOUT_MS,
-    // Collections are routed without a trailing slash; /api/users/ still works.
-    routerOptions: { ignoreTrailingSlash: true },
+    routerOptions: {
+      // Collections are routed without a trailing slash; /api/users/ still works.
+      ignoreTrailingSlash: true,
+      // A long id reaches validation, which names it ("params/id must be
+      // <= …"); only a path segment past this is refused by the router.
+      maxParamLength: 1_024
+    },
+    frameworkErrors: routingErrorHandler,
     // Requests during shutdown get real answers (readiness: 503 with our
     // reason and request id), not Fastify's bare 503; see graceful-close.
     return503OnClosing: false,

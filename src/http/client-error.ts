@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
-import type { ConnectionError, FastifyInstance } from 'fastify'
+import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 
 /**
  * The name of the first header whose value holds a control character other
@@ -41,11 +41,26 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
     const headerName = headerWithControlCharacter(Buffer.isBuffer(raw) ? raw.toString('latin1') : '')
     if (headerName !== undefined) message = `headers/${headerName.toLowerCase()} has characters that are not allowed`
   }
-  this.log.debug({ err: error }, 'client error')
+  // Not the error itself: its rawPacket holds the request's bytes, headers
+  // (Authorization, say) included.
+  this.log.debug({ code: error.code, reason: error.message }, 'client error')
   const body = JSON.stringify({ statusCode, error: STATUS_CODES[statusCode], message })
   if (socket.writable) {
     socket.write(`HTTP/1.1 ${statusCode} ${STATUS_CODES[statusCode] ?? ''}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
       `Content-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
   }
   socket.destroy()
+}
+
+/**
+ * Requests the router refuses before any hook runs (a malformed
+ * percent-encoding, a path parameter past the router's limit), answered in
+ * the contract's shape with the request id echoed, like every other answer.
+ */
+export function routingErrorHandler (error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const [statusCode, message] = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+    ? [414, 'a path segment of the URL is too long']
+    : [400, 'the URL has malformed percent-encoding']
+  return reply.code(statusCode).header('x-request-id', request.id).type('application/json; charset=utf-8')
+    .send({ statusCode, error: STATUS_CODES[statusCode], message })
 }
