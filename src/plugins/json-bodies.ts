@@ -1,13 +1,33 @@
+import { isUtf8 } from 'node:buffer'
+import type { FastifyError } from 'fastify'
 import fp from 'fastify-plugin'
 import { sendError, UNSUPPORTED_MEDIA_TYPE } from './errors.js'
 
 /**
  * Request bodies are JSON and nothing else: Fastify would also parse
  * text/plain, and without a Content-Type it would read no body at all and
- * answer a confusing validation error. Both become a 415.
+ * answer a confusing validation error. Both become a 415. And the JSON must
+ * be UTF-8: Fastify's parser decodes bytes that are not (a lone surrogate
+ * written raw, a stray 0xFF) as U+FFFD, which would store a name other
+ * than the one sent; such a body is a 400.
  */
 export default fp(async function jsonBodies (fastify) {
   fastify.removeContentTypeParser('text/plain')
+
+  // Fastify's own parser (its proto- and constructor-poisoning checks and
+  // its messages), after a UTF-8 check of the raw bytes.
+  const parseJson = fastify.getDefaultJsonParser('error', 'error')
+  fastify.removeContentTypeParser('application/json')
+  fastify.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    const bytes = body as Buffer
+    if (!isUtf8(bytes)) {
+      const error = new Error('body is not valid UTF-8') as FastifyError
+      error.statusCode = 400
+      done(error, undefined)
+      return
+    }
+    parseJson(request, bytes.toString('utf8'), done)
+  })
 
   fastify.addHook('preValidation', async (request, reply) => {
     if (request.routeOptions.schema?.body !== undefined && request.headers['content-type'] === undefined) {
