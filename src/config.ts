@@ -113,6 +113,12 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   }
 
   const valid = parsed as Env
+  // The pattern only sees the scheme; node-postgres needs a URL that parses
+  // (a password with a raw "/" or "@", a port past 65535 do not).
+  if (valid.DATABASE_URL !== undefined && !URL.canParse(valid.DATABASE_URL)) {
+    throw new ConfigError(`${describeProblem('DATABASE_URL', valid.DATABASE_URL)}; this one does not parse as a URL ` +
+      '(percent-encode special characters in the user name and password)')
+  }
   return {
     databaseUrl: valid.DATABASE_URL,
     embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,

@@ -55,7 +55,11 @@ t.test('a missing or bad value is one line naming the variable and what it expec
     [{ DATABASE_URL: url, PORT: '80.5' }, /^PORT must be an integer/],
     [{ DATABASE_URL: url, LOG_LEVEL: 'loud' }, /^LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent/],
     [{ DATABASE_URL: url, MIGRATE_ON_START: 'maybe' }, /^MIGRATE_ON_START must be true or false/],
-    [{ DATABASE_URL: url, DATABASE_POOL_MAX: '0' }, /^DATABASE_POOL_MAX must be an integer from 1/]
+    [{ DATABASE_URL: url, DATABASE_POOL_MAX: '0' }, /^DATABASE_POOL_MAX must be an integer from 1/],
+    [{ DATABASE_URL: 'postgres://app:pa/ss@127.0.0.1:5432/db' }, /^DATABASE_URL must be a PostgreSQL URL .*does not parse as a URL \(percent-encode/],
+    [{ DATABASE_URL: 'postgres://app@127.0.0.1:99999/db' }, /^DATABASE_URL must be .*does not parse as a URL/],
+    [{ DATABASE_URL: url, DATABASE_QUEUE_MAX: '-1' }, /^DATABASE_QUEUE_MAX must be an integer from 0/],
+    [{ DATABASE_URL: url, EVENT_LOOP_DELAY_MAX_MS: 'fast' }, /^EVENT_LOOP_DELAY_MAX_MS must be an integer from 0/]
   ]
   for (const [env, expected] of cases) {
     t.throws(() => loadConfig(env), ConfigError)
@@ -75,5 +79,11 @@ t.test('the database password is never echoed', async (t) => {
     t.fail('should have thrown')
   } catch (error) {
     t.notMatch((error as Error).message, /hunter2/)
+  }
+  try {
+    loadConfig({ DATABASE_URL: 'postgres://app:hunter2/x@db/users' })
+    t.fail('should have thrown')
+  } catch (error) {
+    t.notMatch((error as Error).message, /hunter2/, 'nor when the URL does not parse')
   }
 })
