@@ -7,6 +7,35 @@ type LoggerConfig = Pick<Config, 'logLevel' | 'logPretty'> & { databaseUrl?: str
 // config dump): the password is replaced, the rest kept for debugging.
 const URL_PASSWORD = /(\b[a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^@/\s"]+@/gi
 const REDACTED = '[redacted]'
+// A bare password is looked for only when it is long enough not to turn up
+// by chance, and only as a whole word: replacing "0" or "y" anywhere would
+// break every line ("level":3[redacted]) and hide nothing. Short ones are
+// still taken out of URLs by URL_PASSWORD.
+const MIN_BARE_SECRET_LENGTH = 8
+
+/**
+ * Patterns for the database password wherever a log line could hold it:
+ * as written in the URL, decoded, and escaped inside a JSON string.
+ */
+export function secretsOf (databaseUrl: string | undefined): RegExp[] {
+  if (databaseUrl === undefined || !URL.canParse(databaseUrl)) return []
+  const written = new URL(databaseUrl).password
+  let decoded = written
+  try {
+    decoded = decodeURIComponent(written)
+  } catch {}
+  const forms = new Set([written, decoded, JSON.stringify(decoded).slice(1, -1)])
+  return [...forms]
+    .filter((secret) => secret.length >= MIN_BARE_SECRET_LENGTH)
+    .map((secret) => new RegExp(`(?<![A-Za-z0-9])${escapeRegExp(secret)}(?![A-Za-z0-9])`, 'g'))
+}
+
+/** A log line with every URL's password and the given secrets replaced. */
+export function redact (line: string, secrets: readonly RegExp[]): string {
+  let safe = line.includes('://') ? line.replace(URL_PASSWORD, `$1${REDACTED}@`) : line
+  for (const secret of secrets) safe = safe.replace(secret, REDACTED)
+  return safe
+}
 
 /**
  * pino JSON lines, written through a filter that takes passwords out: any
@@ -24,28 +53,11 @@ export function createLogger (config: LoggerConfig): Logger {
   return stream === undefined ? pino(options) : pino(options, stream)
 }
 
-/** The database password, as written in the URL and decoded. */
-function secretsOf (databaseUrl: string | undefined): string[] {
-  if (databaseUrl === undefined) return []
-  try {
-    const password = new URL(databaseUrl).password
-    if (password === '') return []
-    return [...new Set([password, decodeURIComponent(password)])]
-  } catch {
-    return []
-  }
+function escapeRegExp (text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 }
 
-/** A log line with every URL's password and every given secret replaced. */
-export function redact (line: string, secrets: readonly string[]): string {
-  let safe = line.includes('://') ? line.replace(URL_PASSWORD, `$1${REDACTED}@`) : line
-  for (const secret of secrets) {
-    if (safe.includes(secret)) safe = safe.replaceAll(secret, REDACTED)
-  }
-  return safe
-}
-
-function redactingStream (secrets: string[]): DestinationStream {
+function redactingStream (secrets: RegExp[]): DestinationStream {
   // pino's own destination (standard output, synchronous, as by default).
   const out = pino.destination({ dest: 1, sync: true })
   return { write: (line: string) => out.write(redact(line, secrets)) }
