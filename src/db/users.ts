@@ -8,16 +8,18 @@ export type UserRow = User & { version: number }
 
 // The API's user shape, with timestamps formatted by PostgreSQL as
 // ISO-8601 UTC with milliseconds ("2026-11-27T10:00:00.000Z").
-const USER_COLUMNS = `id, name, email, version,
+const API_COLUMNS = `id, name, email,
   to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "createdAt",
   to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "updatedAt"`
+// Plus the version, where the answer carries an ETag.
+const USER_COLUMNS = `${API_COLUMNS}, version`
 
 const SQL = {
   insert: `INSERT INTO users (name, email) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`,
   findById: `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`,
   // Keyset paging: ascending ids after the cursor, so a walk sees every user
   // that existed throughout it exactly once, whatever is written meanwhile.
-  listAfter: `SELECT ${USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
+  listAfter: `SELECT ${API_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
   // $5: the versions an If-Match header accepts, or null for any. The check
   // and the write are one statement: a concurrent change cannot slip between.
   update: `UPDATE users
