@@ -4,7 +4,8 @@
 // production build started as its own process, wrk, and sampling memory.
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import http from 'node:http'
 import { createServer } from 'node:net'
 import os from 'node:os'
@@ -454,8 +455,40 @@ export async function machineInfo (serverUrl, wrk) {
   }
 }
 
+/** Stops unless dist/ is built, and warns when it is older than src/. */
+export function requireBuild () {
+  if (!existsSync(SERVER_JS)) {
+    throw new BenchError(`dist/ is missing: run \`npm run build\` first (\`npm run ${program.name}\` does)`)
+  }
+  warnIfStale()
+}
+
+/** The service settings passed on from the environment, for the opening line. */
+export function serviceSettings () {
+  return `service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}, ` +
+    `DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}`
+}
+
+/** The load tool, installed if need be, as a step: its version. */
+export async function loadTool () {
+  return await step('load tool', () => {
+    const version = ensureWrk()
+    console.log(`  ${version}`)
+    return version
+  })
+}
+
+/** A temporary folder of the run's own, removed at the end. */
+export async function scratchFolder () {
+  const scratch = await mkdtemp(join(os.tmpdir(), `users-service-${program.name}-`))
+  // Run as root, an embedded PostgreSQL runs as the postgres user, who must enter it.
+  await chmod(scratch, 0o755)
+  cleanups.push(() => rm(scratch, { recursive: true, force: true }))
+  return scratch
+}
+
 /** dist/ older than src/ means the service measured is not the code in src/. */
-export function warnIfStale () {
+function warnIfStale () {
   const built = statSync(SERVER_JS).mtimeMs
   const newer = readdirSync(join(ROOT, 'src'), { recursive: true })
     .filter((file) => statSync(join(ROOT, 'src', file)).mtimeMs > built)

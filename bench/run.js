@@ -19,17 +19,16 @@
 // with bench/soak.js (`npm run soak`) is in bench/lib.js.
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import os from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import {
-  BENCH_DIR, BenchError, RESULTS_DIR, ROOT, SERVER_JS, WRK_DIR, cleanups, createDatabase, difference,
-  ensureWrk, machineInfo, mb, otherCpuUse, percent, positiveInteger, prepareServer, processTree, request,
-  round, rssKb, runMain, runWrkProcess, sampleRss, seconds, seed, sleep, startService, statusCounts,
-  step, steps, stopChild, track, warnIfBusy, warnIfStale
+  BENCH_DIR, RESULTS_DIR, ROOT, WRK_DIR, createDatabase, difference,
+  loadTool, machineInfo, mb, otherCpuUse, percent, positiveInteger, prepareServer, processTree, request,
+  requireBuild, round, rssKb, runMain, runWrkProcess, sampleRss, scratchFolder, seconds, seed,
+  serviceSettings, sleep, startService, statusCounts, step, steps, stopChild, track, warnIfBusy
 } from './lib.js'
 
 // The issue's settings: light on 2 cores, and how the Express baseline was measured.
@@ -331,27 +330,15 @@ function printTable (workloads, streaming) {
 async function main () {
   const started = Date.now()
   const startedAt = new Date()
-  if (!existsSync(SERVER_JS)) {
-    throw new BenchError('dist/ is missing: run `npm run build` first (`npm run bench` does)')
-  }
-  warnIfStale()
+  requireBuild()
   const runTag = randomBytes(4).toString('hex')
   const busyAtStart = await otherCpuUse(1_000)
   console.log(`bench: wrk, ${THREADS} thread, ${CONNECTIONS} connections, ${DURATION_SECONDS} s runs after ${WARMUP_SECONDS} s warm-ups; ` +
-    `service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}, DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}; ` +
-    `${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
+    `${serviceSettings()}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
-  const wrk = await step('load tool', () => {
-    const version = ensureWrk()
-    console.log(`  ${version}`)
-    return version
-  })
-
-  const scratch = await mkdtemp(join(os.tmpdir(), 'users-service-bench-'))
-  // Run as root, an embedded PostgreSQL runs as the postgres user, who must enter it.
-  await chmod(scratch, 0o755)
-  cleanups.push(() => rm(scratch, { recursive: true, force: true }))
+  const wrk = await loadTool()
+  const scratch = await scratchFolder()
 
   const { server, databases } = await step('database: create and migrate', async () => {
     const server = await prepareServer(scratch)

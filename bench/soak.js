@@ -28,16 +28,16 @@
 // Ctrl-C, and it stops itself SOAK_SECONDS + 300 s after its start.
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { mkdir, writeFile } from 'node:fs/promises'
 import http from 'node:http'
 import os from 'node:os'
 import { join, relative } from 'node:path'
 import {
-  BenchError, RESULTS_DIR, ROOT, SERVER_JS, WRK_DIR, cleanups, createDatabase, ensureWrk,
-  machineInfo, otherCpuUse, percent, positiveInteger, prepareServer, processTree, round, rssKb,
-  request, runMain, runWrkProcess, seconds, seed, setProgramName, sql, startService, step, steps,
-  warnIfBusy, warnIfStale
+  BenchError, RESULTS_DIR, ROOT, WRK_DIR, createDatabase, loadTool, machineInfo, otherCpuUse,
+  percent, positiveInteger, prepareServer, processTree, requireBuild, round, rssKb, request, runMain,
+  runWrkProcess, scratchFolder, seconds, seed, serviceSettings, setProgramName, sql, startService,
+  step, steps, warnIfBusy
 } from './lib.js'
 
 setProgramName('soak')
@@ -688,10 +688,7 @@ function commandLine () {
 async function main () {
   const started = Date.now()
   const startedAt = new Date()
-  if (!existsSync(SERVER_JS)) {
-    throw new BenchError('dist/ is missing: run `npm run build` first (`npm run soak` does)')
-  }
-  warnIfStale()
+  requireBuild()
   const runTag = randomBytes(4).toString('hex')
   const plan = slicePlan(SOAK_SECONDS)
   const busyAtStart = await otherCpuUse(1_000)
@@ -701,20 +698,11 @@ async function main () {
     `RSS and a GET /health/live every ${SAMPLE_INTERVAL_MS / 1000} s; stops itself after ${DEADLINE_SECONDS} s`)
   console.log(`soak: the mix per 1000 requests: ${Object.entries(MIX).map(([kind, weight]) => `${kind} ${weight}`).join(', ')}; ` +
     `and beside it GET /api/user on 1 connection, ${LEGACY_LIST_PAUSE_MS} ms between requests, --timeout ${LEGACY_LIST_TIMEOUT_SECONDS}s`)
-  console.log(`soak: service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}, ` +
-    `DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
+  console.log(`soak: ${serviceSettings()}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
-  const wrk = await step('load tool', () => {
-    const version = ensureWrk()
-    console.log(`  ${version}`)
-    return version
-  })
-
-  const scratch = await mkdtemp(join(os.tmpdir(), 'users-service-soak-'))
-  // Run as root, an embedded PostgreSQL runs as the postgres user, who must enter it.
-  await chmod(scratch, 0o755)
-  cleanups.push(() => rm(scratch, { recursive: true, force: true }))
+  const wrk = await loadTool()
+  const scratch = await scratchFolder()
 
   const { server, databaseUrl } = await step('database: create and migrate', async () => {
     const server = await prepareServer(scratch)

@@ -22,9 +22,9 @@ import { describeValidationErrors, validatorCompiler } from './validation.js'
 export const BODY_LIMIT_BYTES = 16 * 1024
 const READY_TIMEOUT_MS = 1_000
 // A client gets this long to send its headers, then its whole request
-// (slow-loris defence), and
-// a connection with a request under way this long without any traffic.
-// Idle keep-alive connections are governed by Fastify's keepAliveTimeout.
+// (slow-loris defence); a connection with a request under way is closed
+// after this long without any traffic. Idle keep-alive connections are
+// governed by Fastify's keepAliveTimeout.
 const HEADERS_TIMEOUT_MS = 10_000
 const REQUEST_TIMEOUT_MS = 30_000
 const CONNECTION_TIMEOUT_MS = 60_000

@@ -19,20 +19,24 @@ export type DatabaseFailure = 'unavailable' | 'unique-violation' | 'invalid-text
  */
 export function isLostConnection (error: unknown): boolean {
   if (!(error instanceof Error)) return false
-  const code = (error as { code?: unknown }).code
-  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return false
-  return (typeof code === 'string' && NETWORK_CODES.has(code)) || NETWORK_MESSAGES.test(error.message)
+  const code = sqlStateOf(error)
+  if (code !== undefined) return false
+  const errno = (error as { code?: unknown }).code
+  return (typeof errno === 'string' && NETWORK_CODES.has(errno)) || NETWORK_MESSAGES.test(error.message)
 }
 
 export function classifyDatabaseError (error: unknown): DatabaseFailure | undefined {
   if (!(error instanceof Error)) return undefined
-  const code = (error as { code?: unknown }).code
-  if (typeof code === 'string') {
-    if (code === UNIQUE_VIOLATION) return 'unique-violation'
-    if (INVALID_TEXT_CODES.includes(code)) return 'invalid-text'
-    if (/^[0-9A-Z]{5}$/.test(code) && UNAVAILABLE_CLASSES.includes(code.slice(0, 2))) return 'unavailable'
-    if (NETWORK_CODES.has(code)) return 'unavailable'
-  }
-  if (NETWORK_MESSAGES.test(error.message)) return 'unavailable'
+  const code = sqlStateOf(error)
+  if (code === UNIQUE_VIOLATION) return 'unique-violation'
+  if (code !== undefined && INVALID_TEXT_CODES.includes(code)) return 'invalid-text'
+  if (code !== undefined && UNAVAILABLE_CLASSES.includes(code.slice(0, 2))) return 'unavailable'
+  if (isLostConnection(error)) return 'unavailable'
   return undefined
+}
+
+/** The SQLSTATE PostgreSQL answered with, if the error is such an answer. */
+function sqlStateOf (error: Error): string | undefined {
+  const code = (error as { code?: unknown }).code
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
 }

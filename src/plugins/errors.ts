@@ -15,6 +15,11 @@ export function sendError (reply: FastifyReply, statusCode: number, message: str
   return reply.code(statusCode).type('application/json; charset=utf-8').send(body)
 }
 
+/** A 503 with Retry-After: nothing was done, and trying again shortly may work. */
+export function sendUnavailable (reply: FastifyReply, message: string): FastifyReply {
+  return sendError(reply.header('retry-after', String(RETRY_AFTER_SECONDS)), 503, message)
+}
+
 /**
  * Turns every failure into the contract's error body. Client mistakes keep
  * their status and message; database trouble becomes 409, 400 or 503; and
@@ -40,8 +45,7 @@ export default fp(async function errors (fastify) {
     }
     if (failure === 'unavailable') {
       request.log.warn({ err: error }, 'database unavailable')
-      reply.header('retry-after', String(RETRY_AFTER_SECONDS))
-      return sendError(reply, 503, 'the database is unavailable; try again shortly')
+      return sendUnavailable(reply, 'the database is unavailable; try again shortly')
     }
 
     const status = error.statusCode ?? 500

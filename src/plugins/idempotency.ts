@@ -98,13 +98,9 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
    * client's connection is closed without an answer; see errors.ts).
    */
   async function settle (key: string, fingerprint: string, lost: WriteOutcomeUnknownError): Promise<Outcome> {
-    let record: KeyRecord
-    try {
-      if (!await endBackend(pool, lost.backendPid, SETTLE_TIMEOUT_MS)) throw lost
-      record = await findKey(pool, key)
-    } catch {
-      throw lost
-    }
+    const gone = await endBackend(pool, lost.backendPid, SETTLE_TIMEOUT_MS).catch(() => false)
+    if (!gone) throw lost
+    const record = await findKey(pool, key).catch(() => { throw lost })
     if (record === undefined) throw lost.cause
     const outcome = recordedOutcome(record, fingerprint)
     return outcome.kind === 'replayed' ? { kind: 'performed', answer: outcome.answer } : outcome

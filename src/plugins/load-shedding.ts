@@ -1,7 +1,7 @@
 import underPressure from '@fastify/under-pressure'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { sendError } from './errors.js'
+import { sendUnavailable } from './errors.js'
 
 export interface LoadSheddingOptions {
   /** Requests waiting for a pool client, or reads in flight, past which /api requests get 503; 0: off. */
@@ -9,8 +9,6 @@ export interface LoadSheddingOptions {
   /** Mean event-loop delay (ms, over the last second) past which /api requests get 503; 0: off. */
   maxEventLoopDelayMs: number
 }
-
-const RETRY_AFTER_SECONDS = 1
 
 /**
  * Sheds load: when the process is behind (event-loop delay) or the
@@ -25,7 +23,7 @@ export default fp<LoadSheddingOptions>(async function loadShedding (fastify, opt
       maxEventLoopDelay: options.maxEventLoopDelayMs,
       // A request not answered here goes on; Fastify stops one that was.
       pressureHandler: (request, reply) => {
-        if (isSheddable(request)) shed(reply, 'the service is overloaded; try again shortly')
+        if (isSheddable(request)) sendUnavailable(reply, 'the service is overloaded; try again shortly')
       }
     })
   }
@@ -36,16 +34,12 @@ export default fp<LoadSheddingOptions>(async function loadShedding (fastify, opt
     fastify.addHook('onRequest', async (request, reply) => {
       if (!isSheddable(request)) return
       if (pool.waitingCount >= options.maxDatabaseQueue || reads.waitingCount >= options.maxDatabaseQueue) {
-        return shed(reply, 'the database queue is full; try again shortly')
+        return sendUnavailable(reply, 'the database queue is full; try again shortly')
       }
     })
   }
-}, { name: 'load-shedding', dependencies: ['database'] })
+}, { name: 'load-shedding', dependencies: ['database', 'errors'] })
 
 function isSheddable (request: FastifyRequest): boolean {
   return request.routeOptions.url?.startsWith('/api/') === true
-}
-
-function shed (reply: FastifyReply, message: string): FastifyReply {
-  return sendError(reply.header('retry-after', String(RETRY_AFTER_SECONDS)), 503, message)
 }
