@@ -1,4 +1,5 @@
 // How a failure of the database reads to a client of the API.
+import pg from 'pg'
 
 // SQLSTATE classes and codes: https://www.postgresql.org/docs/current/errcodes-appendix.html
 const UNIQUE_VIOLATION = '23505'
@@ -35,8 +36,10 @@ export function classifyDatabaseError (error: unknown): DatabaseFailure | undefi
   return undefined
 }
 
-/** The SQLSTATE PostgreSQL answered with, if the error is such an answer. */
+/**
+ * The SQLSTATE PostgreSQL answered with, if the error is such an answer.
+ * Told by its class, not its code's shape: node's EPIPE is five capitals too.
+ */
 function sqlStateOf (error: Error): string | undefined {
-  const code = (error as { code?: unknown }).code
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
+  return error instanceof pg.DatabaseError ? error.code : undefined
 }
