@@ -27,6 +27,7 @@ export async function resolveDatabase (config: Config, log: Logger): Promise<Dat
   const inside = relative(process.cwd(), config.embeddedPostgresDir)
   const shown = inside !== '' && !inside.startsWith('..') && !isAbsolute(inside) ? inside : config.embeddedPostgresDir
   log.info(`no DATABASE_URL: using an embedded PostgreSQL on 127.0.0.1:${embedded.port} with its data in ${shown}; ` +
-    'set DATABASE_URL=postgres://user:password@host:5432/database to use a real server')
+    // No password inside the example URL: the log filter would redact it.
+    'set DATABASE_URL=postgres://user@host:5432/database (user:password@ if the server wants one) to use a real server')
   return { url: embedded.url, stop: embedded.stop }
 }
