@@ -6,6 +6,7 @@ import { clientErrorHandler, routingErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
+import earlyAnswers from './plugins/early-answers.js'
 import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
 import idempotency from './plugins/idempotency.js'
@@ -72,6 +73,7 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
 
   await app.register(requestId)
   await app.register(gracefulClose)
+  await app.register(earlyAnswers)
   await app.register(errors)
   await app.register(jsonBodies)
   await app.register(database, {
