@@ -29,6 +29,9 @@ const READY_TIMEOUT_MS = 1_000
 const HEADERS_TIMEOUT_MS = 10_000
 const REQUEST_TIMEOUT_MS = 30_000
 const CONNECTION_TIMEOUT_MS = 60_000
+// Node enforces the first two only when it checks its connections, every
+// 30 s by default: a limit of 10 s held as 10 to 40. Once a second, it holds.
+const CONNECTIONS_CHECK_INTERVAL_MS = 1_000
 const IDEMPOTENCY_PURGE_INTERVAL_MS = 5 * 60_000
 
 export interface AppOverrides {
@@ -53,6 +56,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     bodyLimit: BODY_LIMIT_BYTES,
     requestTimeout: REQUEST_TIMEOUT_MS,
     connectionTimeout: CONNECTION_TIMEOUT_MS,
+    // Options Node reads only when the server is created.
+    http: { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS },
     routerOptions: {
       // Collections are routed without a trailing slash; /api/users/ still works.
       ignoreTrailingSlash: true,
@@ -68,7 +73,6 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     clientErrorHandler
   }).withTypeProvider<TypeBoxTypeProvider>()
 
-  app.server.headersTimeout = HEADERS_TIMEOUT_MS
   app.setValidatorCompiler(validatorCompiler)
 
   await app.register(requestId)
