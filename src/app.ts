@@ -14,6 +14,7 @@ import jsonBodies from './plugins/json-bodies.js'
 import loadShedding from './plugins/load-shedding.js'
 import metrics from './plugins/metrics.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
+import routerRefusals from './plugins/router-refusals.js'
 import health from './routes/health.js'
 import legacyUser from './routes/legacy-user.js'
 import users from './routes/users.js'
@@ -75,6 +76,7 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
 
   app.setValidatorCompiler(validatorCompiler)
 
+  await app.register(routerRefusals)
   await app.register(requestId)
   await app.register(gracefulClose)
   await app.register(earlyAnswers)

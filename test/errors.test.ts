@@ -120,6 +120,32 @@ t.test('every request is logged once, with its id, and the id is echoed', async 
   t.notMatch(JSON.stringify(lines), /postgres:\/\//, 'the database URL is not logged')
 })
 
+t.test('requests the router refuses are logged once, like every other request', async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)))
+      done()
+    }
+  })
+  const app = await buildApp(testConfig(databaseUrl), { logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+
+  const refused = [
+    ['GET', '/api/users/%zz', 400, 'bad-percent'],
+    ['DELETE', `/api/users/${'1'.repeat(2_000)}`, 414, 'long-segment']
+  ] as const
+  for (const [method, url, statusCode, id] of refused) {
+    const response = await app.inject({ method, url, headers: { 'x-request-id': id } })
+    t.equal(response.statusCode, statusCode, url.slice(0, 20))
+    const logged = lines.filter((line) => line.reqId === id)
+    t.equal(logged.length, 1, `${statusCode}: one line`)
+    t.match(logged[0], { msg: 'request completed', method, url, statusCode })
+    t.type(logged[0]?.responseTime, 'number')
+  }
+})
+
 t.test('requests Node cannot parse still get a JSON error in the contract\'s shape', async (t) => {
   const { app } = await buildTestApp(t)
   await app.listen({ host: '127.0.0.1', port: 0 })
