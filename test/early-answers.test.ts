@@ -64,7 +64,7 @@ function answered (text: string): boolean {
  * such clients: whatever answer the server had sent is never read.
  */
 async function writeThenRead (port: number, method: string, path: string, body: Buffer, framing: Framing,
-  contentType = 'application/json'): Promise<Exchange> {
+  headers = 'Content-Type: application/json\r\n'): Promise<Exchange> {
   const socket = connect(port, '127.0.0.1')
   socket.setTimeout(10_000, () => socket.destroy(new Error('no progress for 10 s')))
   // Failures surface through the writes' callbacks and the read below.
@@ -73,7 +73,7 @@ async function writeThenRead (port: number, method: string, path: string, body: 
   try {
     await once(socket, 'connect')
     const length = framing === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`
-    await write(socket, `${method} ${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: ${contentType}\r\n${length}\r\n\r\n`)
+    await write(socket, `${method} ${path} HTTP/1.1\r\nHost: localhost\r\n${headers}${length}\r\n\r\n`)
     for (const chunk of chunksOf(body, framing)) {
       await write(socket, chunk)
       written += chunk.length
@@ -173,10 +173,16 @@ t.test('Python\'s http.client sees the 413, not a BrokenPipeError', async (t) =>
 t.test('other answers given before a large body arrives are readable too', async (t) => {
   const port = await listeningApp(t)
   for (const framing of FRAMINGS) {
-    const notJson = await writeThenRead(port, 'POST', '/api/users', hugeJson, framing, 'text/plain')
+    const notJson = await writeThenRead(port, 'POST', '/api/users', hugeJson, framing, 'Content-Type: text/plain\r\n')
     t.equal(notJson.error, undefined, `415, ${framing}: no reset`)
     t.equal(notJson.status, 415, `text/plain, ${framing}`)
     t.match(JSON.parse(notJson.body || '{}'), { statusCode: 415, message: /Content-Type/ })
+
+    const gzipped = await writeThenRead(port, 'POST', '/api/users', hugeJson, framing,
+      'Content-Type: application/json\r\nContent-Encoding: gzip\r\n')
+    t.equal(gzipped.error, undefined, `415 for gzip, ${framing}: no reset`)
+    t.equal(gzipped.status, 415, `Content-Encoding: gzip, ${framing}`)
+    t.match(JSON.parse(gzipped.body || '{}'), { statusCode: 415, message: /Content-Encoding/ })
 
     const badUrl = await writeThenRead(port, 'PATCH', '/api/users/%zz', hugeJson, framing)
     t.equal(badUrl.error, undefined, `router 400, ${framing}: no reset`)
