@@ -17,13 +17,13 @@ export function bodyStillArriving (request: IncomingMessage): boolean {
 }
 
 /**
- * Answers given while the body is still arriving (a 413 after the first
- * 16 KiB, a 415, a URL the router refuses) close the connection, as the
- * rest of the body cannot be told from a next request otherwise. Closing
- * at once would lose the answer: the kernel resets a connection closed
- * with unread bytes, and the reset throws away the answer waiting in the
- * client's buffer, before a client that writes its whole body first (such
- * as Python's http.client) has read it.
+ * Answers given while the body is still arriving (a 413, a 415, a URL the
+ * router refuses) close the connection: keeping it would mean reading the
+ * rest of the body, however long, before the next request. Closing at once
+ * would lose the answer: the kernel resets a connection closed with unread
+ * bytes, and the reset throws away the answer waiting in the client's
+ * buffer, before a client that writes its whole body first (such as
+ * Python's http.client) has read it.
  *
  * So the connection closes as nginx's "lingering close" does: the answer,
  * then our end of the connection (FIN), then reading and discarding
