@@ -22,12 +22,15 @@ function isEncoded (contentEncoding: string | undefined): contentEncoding is str
  * answered before the body is read rather than as bytes that are not UTF-8.
  */
 export default fp(async function jsonBodies (fastify) {
-  fastify.addHook('preParsing', async (request, reply) => {
+  // A callback rather than an async hook: it runs on every request.
+  fastify.addHook('preParsing', (request, reply, payload, done) => {
     const contentEncoding = request.headers['content-encoding']
     if (request.routeOptions.schema?.body !== undefined && isEncoded(contentEncoding)) {
       reply.header('accept-encoding', 'identity')
-      return sendError(reply, 415, `Content-Encoding ${JSON.stringify(contentEncoding)} is not supported; send the body uncompressed`)
+      sendError(reply, 415, `Content-Encoding ${JSON.stringify(contentEncoding)} is not supported; send the body uncompressed`)
+      return
     }
+    done(null, payload)
   })
 
   fastify.removeContentTypeParser('text/plain')
