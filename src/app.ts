@@ -6,6 +6,7 @@ import { clientErrorHandler, routingErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
+import earlyAnswers from './plugins/early-answers.js'
 import errors from './plugins/errors.js'
 import gracefulClose from './plugins/graceful-close.js'
 import idempotency from './plugins/idempotency.js'
@@ -13,6 +14,7 @@ import jsonBodies from './plugins/json-bodies.js'
 import loadShedding from './plugins/load-shedding.js'
 import metrics from './plugins/metrics.js'
 import requestId, { OneLinePerRequest, requestIdOf } from './plugins/request-log.js'
+import routerRefusals from './plugins/router-refusals.js'
 import health from './routes/health.js'
 import legacyUser from './routes/legacy-user.js'
 import users from './routes/users.js'
@@ -28,6 +30,9 @@ const READY_TIMEOUT_MS = 1_000
 const HEADERS_TIMEOUT_MS = 10_000
 const REQUEST_TIMEOUT_MS = 30_000
 const CONNECTION_TIMEOUT_MS = 60_000
+// Node enforces the first two only when it checks its connections, every
+// 30 s by default: a limit of 10 s held as 10 to 40. Once a second, it holds.
+const CONNECTIONS_CHECK_INTERVAL_MS = 1_000
 const IDEMPOTENCY_PURGE_INTERVAL_MS = 5 * 60_000
 
 export interface AppOverrides {
@@ -52,6 +57,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     bodyLimit: BODY_LIMIT_BYTES,
     requestTimeout: REQUEST_TIMEOUT_MS,
     connectionTimeout: CONNECTION_TIMEOUT_MS,
+    // Options Node reads only when the server is created.
+    http: { headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS },
     routerOptions: {
       // Collections are routed without a trailing slash; /api/users/ still works.
       ignoreTrailingSlash: true,
@@ -67,11 +74,12 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     clientErrorHandler
   }).withTypeProvider<TypeBoxTypeProvider>()
 
-  app.server.headersTimeout = HEADERS_TIMEOUT_MS
   app.setValidatorCompiler(validatorCompiler)
 
+  await app.register(routerRefusals)
   await app.register(requestId)
   await app.register(gracefulClose)
+  await app.register(earlyAnswers)
   await app.register(errors)
   await app.register(jsonBodies)
   await app.register(database, {

@@ -1,5 +1,6 @@
 import { connect, type AddressInfo } from 'node:net'
 import { Writable } from 'node:stream'
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib'
 import t from 'tap'
 import { BODY_LIMIT_BYTES, buildApp } from '../src/app.js'
 import { buildTestApp, createTestDatabase, testConfig } from './helper.js'
@@ -34,6 +35,38 @@ t.test('bodies that are not JSON are a 415, whatever the route', async (t) => {
   }
   const { rows } = await db.query('SELECT count(*)::int AS count FROM users')
   t.equal(rows[0].count, 0)
+})
+
+t.test('a body in a content coding we do not decode is a 415 naming Content-Encoding', async (t) => {
+  const { app, db } = await buildTestApp(t)
+  const json = JSON.stringify({ name: 'Ada' })
+  const codings: Array<[string, Buffer]> = [
+    ['gzip', gzipSync(json)],
+    ['deflate', deflateSync(json)],
+    ['br', brotliCompressSync(json)],
+    ['GZIP', gzipSync(json)],
+    ['gzip, identity', gzipSync(json)],
+    ['x-unheard-of', Buffer.from(json)]
+  ]
+  for (const [method, url] of [['POST', '/api/users'], ['POST', '/api/user'], ['PATCH', '/api/users/1']] as const) {
+    for (const [coding, payload] of codings) {
+      const label = `${method} ${url}, Content-Encoding: ${coding}`
+      const response = await app.inject({
+        method, url, payload, headers: { 'content-type': 'application/json', 'content-encoding': coding }
+      })
+      t.equal(response.statusCode, 415, label)
+      t.match(response.json(), { statusCode: 415, error: 'Unsupported Media Type', message: /^Content-Encoding / }, label)
+      t.same(Object.keys(response.json()).sort(), ERROR_KEYS)
+      t.equal(response.headers['accept-encoding'], 'identity', `${label}: says what it takes (RFC 9110)`)
+    }
+  }
+  const { rows } = await db.query('SELECT count(*)::int AS count FROM users')
+  t.equal(rows[0].count, 0, 'nothing was created')
+
+  const identity = await app.inject({
+    method: 'POST', url: '/api/users', payload: json, headers: { 'content-type': 'application/json', 'content-encoding': 'identity' }
+  })
+  t.equal(identity.statusCode, 201, 'identity is no coding at all')
 })
 
 t.test('JSON with a charset is JSON', async (t) => {
@@ -118,6 +151,32 @@ t.test('every request is logged once, with its id, and the id is echoed', async 
   const generated = await app.inject({ url: '/health/live' })
   t.match(generated.headers['x-request-id'], /^[0-9a-f-]{36}$/, 'a fresh id when none is given')
   t.notMatch(JSON.stringify(lines), /postgres:\/\//, 'the database URL is not logged')
+})
+
+t.test('requests the router refuses are logged once, like every other request', async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)))
+      done()
+    }
+  })
+  const app = await buildApp(testConfig(databaseUrl), { logger: { level: 'info', stream } })
+  t.teardown(() => app.close())
+
+  const refused = [
+    ['GET', '/api/users/%zz', 400, 'bad-percent'],
+    ['DELETE', `/api/users/${'1'.repeat(2_000)}`, 414, 'long-segment']
+  ] as const
+  for (const [method, url, statusCode, id] of refused) {
+    const response = await app.inject({ method, url, headers: { 'x-request-id': id } })
+    t.equal(response.statusCode, statusCode, url.slice(0, 20))
+    const logged = lines.filter((line) => line.reqId === id)
+    t.equal(logged.length, 1, `${statusCode}: one line`)
+    t.match(logged[0], { msg: 'request completed', method, url, statusCode })
+    t.type(logged[0]?.responseTime, 'number')
+  }
 })
 
 t.test('requests Node cannot parse still get a JSON error in the contract\'s shape', async (t) => {

@@ -254,3 +254,29 @@ t.test('a client slow to read still gets every user', async (t) => {
   }
   t.equal(users.length, total, 'every user')
 })
+
+t.test('HEAD /api/user answers as GET would, without reading every user', async (t) => {
+  const { app: headApp, db: headDb } = await buildTestApp(t)
+  const empty = await headApp.inject({ method: 'HEAD', url: '/api/user' })
+  t.equal(empty.statusCode, 404, 'no users: 404, as GET')
+  t.match(empty.headers['content-type'], /^application\/json/)
+  t.equal(empty.body, '')
+
+  await headDb.query('INSERT INTO users (name) SELECT \'user \' || g FROM generate_series(1, 2500) g')
+  const statements: string[] = []
+  const reads = headApp.reads
+  const query = reads.query.bind(reads)
+  reads.query = (config) => {
+    statements.push(config.name ?? config.text)
+    return query(config)
+  }
+  const head = await headApp.inject({ method: 'HEAD', url: '/api/user' })
+  t.equal(head.statusCode, 200, 'users: 200, as GET')
+  t.match(head.headers['content-type'], /^application\/json/)
+  t.equal(head.body, '')
+  t.equal(statements.length, 1, `one statement, not a batch per thousand users (${statements.join(', ')})`)
+  t.notMatch(statements.join(' '), /ids-and-names/, 'no user is read')
+
+  const get = await headApp.inject({ method: 'GET', url: '/api/user' })
+  t.equal(get.headers['content-type'], head.headers['content-type'], 'the same Content-Type as GET')
+})

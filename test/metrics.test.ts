@@ -34,3 +34,15 @@ t.test('GET /metrics: Prometheus text with requests by route template, the pool 
   const after = (await app.inject({ url: '/metrics' })).body
   t.match(after, /http_requests_total\{method="GET",route="\(unmatched\)",status_code="404"\} 1/, 'unknown URLs share one series')
 })
+
+t.test('requests the router refuses are counted, under the unmatched route', async (t) => {
+  const { app } = await buildTestApp(t)
+  await app.inject({ url: '/api/users/%zz' })
+  await app.inject({ url: '/api/users/%zz' })
+  await app.inject({ method: 'PATCH', url: `/api/users/${'1'.repeat(2_000)}` })
+
+  const text = (await app.inject({ url: '/metrics' })).body
+  t.match(text, /\nhttp_requests_total\{method="GET",route="\(unmatched\)",status_code="400"\} 2\n/)
+  t.match(text, /\nhttp_requests_total\{method="PATCH",route="\(unmatched\)",status_code="414"\} 1\n/)
+  t.match(text, /\nhttp_request_duration_seconds_count\{method="GET",route="\(unmatched\)",status_code="400"\} 2\n/)
+})

@@ -38,7 +38,8 @@ const SQL = {
   // not a thousand objects to build and serialize again.
   idsAndNamesJsonAfter: `SELECT string_agg('{"id":' || id || ',"name":' || to_json(name) || '}', ',' ORDER BY id) AS json,
       count(*)::int AS count, max(id) AS "lastId"
-    FROM (SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2) batch`
+    FROM (SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2) batch`,
+  anyExists: 'SELECT EXISTS (SELECT 1 FROM users) AS "exists"'
 } as const
 const BATCH_SIZE = 1_000
 
@@ -107,4 +108,10 @@ export async function * readAllIdsAndNamesAsJson (db: QueryRunner): AsyncGenerat
     if (batch.count < BATCH_SIZE) return
     after = batch.lastId
   }
+}
+
+/** Whether there is any user at all (what HEAD /api/user needs to know, without reading them). */
+export async function anyUserExists (db: QueryRunner): Promise<boolean> {
+  const { rows } = await db.query<{ exists: boolean }>({ name: 'users.any-exists', text: SQL.anyExists })
+  return rows[0]?.exists === true
 }

@@ -1,6 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { bodyStillArriving, closeAfterDiscardingBody } from './lingering-close.js'
 
 /**
  * The name of the first header whose value holds a control character other
@@ -56,11 +57,17 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
  * Requests the router refuses before any hook runs (a malformed
  * percent-encoding, a path parameter past the router's limit), answered in
  * the contract's shape with the request id echoed, like every other answer.
+ * No hook runs for them, so this does what hooks do for other answers: a
+ * lingering close if the body is still coming, and the log line and the
+ * metrics once sent (through `routerRefusals`).
  */
 export function routingErrorHandler (error: FastifyError, request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const started = performance.now()
   const [statusCode, message] = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
     ? [414, 'a path segment of the URL is too long']
     : [400, 'the URL has malformed percent-encoding']
+  if (bodyStillArriving(request.raw)) closeAfterDiscardingBody(request.raw, reply.raw)
+  reply.raw.once('finish', () => request.server.routerRefusals.answered(request, reply, performance.now() - started))
   return reply.code(statusCode).header('x-request-id', request.id).type('application/json; charset=utf-8')
     .send({ statusCode, error: STATUS_CODES[statusCode], message })
 }

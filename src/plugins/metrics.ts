@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 
@@ -50,15 +51,18 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
     // 'close' comes once whether the answer was sent or the client left.
     reply.raw.once('close', () => inFlight.dec())
   })
-  fastify.addHook('onResponse', async (request, reply) => {
+  function countAnswer (request: FastifyRequest, reply: FastifyReply, elapsedMs: number): void {
     const labels = {
       method: request.method,
       route: request.routeOptions.url ?? '(unmatched)',
       status_code: String(reply.statusCode)
     }
     requests.inc(labels)
-    duration.observe(labels, reply.elapsedTime / 1000)
-  })
+    duration.observe(labels, elapsedMs / 1000)
+  }
+  fastify.addHook('onResponse', async (request, reply) => countAnswer(request, reply, reply.elapsedTime))
+  // Answers the router gives before any route run no hook.
+  fastify.routerRefusals.onAnswered(countAnswer)
 
   fastify.get('/metrics', {
     schema: {
@@ -77,4 +81,4 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 }
 
-export default fp(metrics, { name: 'metrics', dependencies: ['database'] })
+export default fp(metrics, { name: 'metrics', dependencies: ['database', 'router-refusals'] })

@@ -18,20 +18,29 @@ export class OneLinePerRequest extends LogController {
   override incomingRequest (): void {}
 
   override requestCompleted (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
-    const line = {
-      method: request.method,
-      url: request.url,
-      statusCode: reply.statusCode,
-      responseTime: Math.round(reply.elapsedTime * 10) / 10
-    }
-    if (error) reply.log.error({ ...line, err: error }, 'request errored')
-    else reply.log.info(line, 'request completed')
+    logAnswer(error, request, reply, reply.elapsedTime)
   }
 }
 
-/** Echoes the request id on every answer, errors and 404s included. */
+function logAnswer (error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply, elapsedMs: number): void {
+  const line = {
+    method: request.method,
+    url: request.url,
+    statusCode: reply.statusCode,
+    responseTime: Math.round(elapsedMs * 10) / 10
+  }
+  if (error) reply.log.error({ ...line, err: error }, 'request errored')
+  else reply.log.info(line, 'request completed')
+}
+
+/**
+ * Echoes the request id on every answer, errors and 404s included, and
+ * logs the answers the router gives before any route, which Fastify's log
+ * controller never hears of.
+ */
 export default fp(async function requestId (fastify) {
   fastify.addHook('onRequest', async (request, reply) => {
     reply.header(REQUEST_ID_HEADER, request.id)
   })
-}, { name: 'request-id' })
+  fastify.routerRefusals.onAnswered((request, reply, elapsedMs) => logAnswer(null, request, reply, elapsedMs))
+}, { name: 'request-id', dependencies: ['router-refusals'] })

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { insertUser, readAllIdsAndNamesAsJson, type JsonBatch } from '../db/users.js'
+import { anyUserExists, insertUser, readAllIdsAndNamesAsJson, type JsonBatch } from '../db/users.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
@@ -34,6 +34,22 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       const created = { id: user.id, name: user.name, message: `User ${user.name} created.` }
       return answerOf(reply, 201, { location: `/api/users/${user.id}` }, created)
     })
+  })
+
+  // Declared before GET, so Fastify does not derive HEAD from GET: that
+  // would run the GET handler, which reads every user, and throw it all
+  // away. The same status and Content-Type as GET, from one cheap query;
+  // no Content-Length, which only reading every user would tell.
+  fastify.head('', {
+    schema: {
+      // HTTP's, not an operation of its own, like every other route's HEAD.
+      hide: true,
+      // A HEAD answer has no body; Any lets the handler send none.
+      response: { 200: Type.Any({ description: 'There are users' }), ...errorResponses(404, 503) }
+    }
+  }, async (_request, reply) => {
+    if (!await anyUserExists(fastify.reads)) return sendError(reply, 404, 'Users not found.')
+    return reply.type('application/json; charset=utf-8').send()
   })
 
   fastify.get('', {
