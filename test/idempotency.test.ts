@@ -512,6 +512,37 @@ t.test('over a real connection, bad keys are still a 400 that stores nothing', a
   t.same((await keyRows(db)).map((row) => row.key), ['wire-key'])
 })
 
+t.test('an Idempotency-Key header sent twice is a 400, not the two keys joined into one', async (t) => {
+  const { app, db } = await buildTestApp(t)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+  // Node joins repeated headers with ", ": "k2, k3", a valid key of its own.
+  const repeats: Array<[string, string]> = [
+    ['two keys', 'k2\r\nIdempotency-Key: k3'],
+    ['two keys, the second in lower case', 'k2\r\nidempotency-key: k3'],
+    ['one key twice', 'k2\r\nIdempotency-Key: k2']
+  ]
+  for (const [what, twice] of repeats) {
+    const response = await rawPost(port, Buffer.from(twice, 'latin1'))
+    t.equal(response.statusCode, 400, `${what}: ${response.body}`)
+    t.match(JSON.parse(response.body), { statusCode: 400, error: 'Bad Request', message: /^headers\/idempotency-key must be sent once/ }, `${what}: the message names the header`)
+  }
+  t.equal(await count(db, 'users'), 0, 'no user')
+  t.equal(await count(db, 'idempotency_keys'), 0, 'no key')
+
+  // The single key "k2, k3" is a key like any other; the two headers never become it.
+  const joined = await rawPost(port, Buffer.from('k2, k3', 'latin1'))
+  t.equal(joined.statusCode, 201, joined.body)
+  const twiceAfter = await rawPost(port, Buffer.from('k2\r\nIdempotency-Key: k3', 'latin1'))
+  t.equal(twiceAfter.statusCode, 400, 'the two headers do not replay the key "k2, k3"')
+  t.same((await keyRows(db)).map((row) => row.key), ['k2, k3'])
+
+  // The legacy create alike (light-my-request sends an array as repeated headers).
+  const legacy = await app.inject({ method: 'POST', url: '/api/user', headers: { 'idempotency-key': ['k4', 'k5'] }, payload: { name: 'Ada' } })
+  t.match(errorMessage(t, legacy, 400, 'Bad Request', 'POST /api/user'), /^headers\/idempotency-key must be sent once/)
+  t.equal(await count(db, 'users'), 1, 'only the user of "k2, k3"')
+})
+
 t.test('an email of null and no email are the same request', async (t) => {
   const { app, db } = await buildTestApp(t)
   const first = await post(app, '/api/users', { name: 'Ada' }, 'null-email')

@@ -54,6 +54,10 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
   const pool = fastify.pg.pool
 
   async function handle (request: FastifyRequest, reply: FastifyReply, create: Create): Promise<FastifyReply> {
+    // Node joins a repeated header's values with ", ": "k2, k3" would pass
+    // for one key, and a later request sending that single value replay it.
+    const copies = timesSent(request, IDEMPOTENCY_KEY_HEADER)
+    if (copies > 1) return sendError(reply, 400, `headers/${IDEMPOTENCY_KEY_HEADER} must be sent once, not ${copies} times`)
     const key = request.headers[IDEMPOTENCY_KEY_HEADER]
     if (typeof key !== 'string') return send(reply, await writeOnce(pool, create))
 
@@ -142,6 +146,17 @@ function recordedOutcome (record: KeyRecord, fingerprint: string): Outcome {
   if (record === undefined || record.statusCode === null || record.body === null) return { kind: 'in-progress' }
   if (record.fingerprint !== fingerprint) return { kind: 'different-request' }
   return { kind: 'replayed', answer: { statusCode: record.statusCode, headers: record.headers ?? {}, body: record.body } }
+}
+
+/** How many times the request carried the header `name` (lower case), as sent on the wire. */
+function timesSent (request: FastifyRequest, name: string): number {
+  const raw = request.raw.rawHeaders
+  let times = 0
+  // Name, value, name, value...
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]?.toLowerCase() === name) times++
+  }
+  return times
 }
 
 /** An answer serialized by the route's response schema for `statusCode`. */
