@@ -435,6 +435,41 @@ t.test('purgeExpired() deletes expired keys and keeps fresh ones', async (t) => 
   t.equal(await count(db, 'users'), 5)
 })
 
+t.test('one purge clears a backlog of 50,000 expired keys, while requests go on', async (t) => {
+  // Two connections and four clients: requests wait for a connection all along.
+  const { app, db } = await buildTestApp(t, { DATABASE_POOL_MAX: '2' })
+  const EXPIRED = 50_000
+  await db.query(`INSERT INTO idempotency_keys (key, fingerprint, status_code, response_headers, response_body, expires_at)
+    SELECT 'expired-' || n, md5(n::text), 201, '{"location":"/api/users/1"}', '{"id":1,"name":"Ada"}', now() - interval '1 hour'
+    FROM generate_series(1, $1::int) AS n`, [EXPIRED])
+  t.equal((await post(app, '/api/users', { name: 'Fresh' }, 'fresh')).statusCode, 201)
+
+  let purging = true
+  const latencies: number[] = []
+  const statuses = new Set<number>()
+  const client = async (index: number): Promise<void> => {
+    for (let n = 0; purging; n++) {
+      const started = performance.now()
+      const response = await post(app, '/api/users', { name: `Client ${index}` }, `client-${index}-${n}`)
+      latencies.push(performance.now() - started)
+      statuses.add(response.statusCode)
+    }
+  }
+  const clients = [0, 1, 2, 3].map(client)
+  const purged = await app.idempotency.purgeExpired().finally(() => { purging = false })
+  await Promise.all(clients)
+
+  t.equal(purged, EXPIRED, 'every expired key purged in one pass')
+  const { rows } = await db.query<{ expired: number, fresh: number }>(`SELECT count(*) FILTER (WHERE expires_at <= now())::int AS expired,
+    count(*) FILTER (WHERE expires_at > now())::int AS fresh FROM idempotency_keys`)
+  t.equal(rows[0]?.expired, 0, 'no expired key left')
+  t.equal(rows[0]?.fresh, latencies.length + 1, 'every fresh key kept')
+  t.same([...statuses], [201], 'every request meanwhile created its user')
+  t.ok(latencies.length >= 4, `${latencies.length} requests answered during the purge`)
+  const slowest = Math.max(...latencies)
+  t.ok(slowest < 1_000, `no request held up: the slowest took ${Math.round(slowest)} ms`)
+})
+
 t.test('IDEMPOTENCY_KEY_TTL_SECONDS sets how long keys are kept', async (t) => {
   const { app, db } = await buildTestApp(t, { IDEMPOTENCY_KEY_TTL_SECONDS: '172800' })
   t.equal((await post(app, '/api/users', { name: 'Ada' }, 'ttl-1')).statusCode, 201)
