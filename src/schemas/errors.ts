@@ -26,7 +26,7 @@ const meanings: Record<number, string> = {
 function errorResponse (status: number): TObject {
   const schema: TObject = { ...ErrorResponse, description: `${STATUS_CODES[status] ?? 'Error'}: ${meanings[status] ?? ''}` }
   if (status === 503) {
-    Object.assign(schema, { headers: { 'retry-after': { type: 'string', description: 'Seconds to wait before retrying' } } })
+    Object.assign(schema, { headers: { 'Retry-After': { type: 'string', description: 'Seconds to wait before retrying' } } })
   }
   return schema
 }
