@@ -39,6 +39,8 @@ type Outcome =
 
 const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
 const PURGE_BATCH = 1_000
+/** While requests wait for a connection: the pause after a batch, in multiples of the time it took. */
+const PURGE_PAUSE_PER_BATCH_TIME = 3
 /** How long settling a lost transaction may wait for its backend to end. */
 const SETTLE_TIMEOUT_MS = 1_000
 
@@ -117,8 +119,9 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
    * there are, so the purge keeps up with any rate of keyed creates (a
    * batch of 1,000 takes milliseconds; a create, a transaction of its own).
    * Requests come first: while any waits for a connection, the purge pauses
-   * as long as its last batch took, so it holds a connection at most half
-   * the time and a waiting request waits at most one batch.
+   * for three times as long as its last batch took, so it holds a connection
+   * at most a quarter of the time (still over 10,000 keys a second) and a
+   * waiting request waits at most one batch.
    */
   async function purgeExpired (): Promise<number> {
     let purged = 0
@@ -127,7 +130,7 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
       const deleted = await purgeExpiredKeys(pool, PURGE_BATCH)
       purged += deleted
       if (deleted < PURGE_BATCH) break
-      if (pool.waitingCount > 0) await sleep(performance.now() - started)
+      if (pool.waitingCount > 0) await sleep(PURGE_PAUSE_PER_BATCH_TIME * (performance.now() - started))
       else await nextTurn()
     }
     return purged
