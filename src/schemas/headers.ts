@@ -11,11 +11,11 @@ const entityTags = (description: string) => Type.Optional(Type.String({
 // Request headers are declared as the RFCs spell them, since the OpenAPI
 // document's names become the property names of generated clients (an
 // openapi-typescript client would refuse 'If-Match' for 'if-match').
-// Fastify lower-cases a headers schema's names before validating, so
-// matching stays case-insensitive, and errors name the header in lower
-// case ("headers/if-match …"). Handlers read request.headers['if-match'],
-// the name Node gives: the capitalised key the type provider also offers is
-// never set.
+// The validator compiler (src/validation.ts) lower-cases a headers schema's
+// names, so matching stays case-insensitive and errors name the header in
+// lower case ("headers/if-match …"). Handlers read
+// request.headers['if-match'], the name Node gives: the capitalised key the
+// type provider also offers is never set.
 
 export const IdempotencyKeyHeaders = Type.Object({
   'Idempotency-Key': Type.Optional(Type.String({
