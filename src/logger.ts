@@ -3,9 +3,13 @@ import type { Config } from './config.js'
 
 type LoggerConfig = Pick<Config, 'logLevel' | 'logPretty'> & { databaseUrl?: string | undefined }
 
-// user:password@ in any URL a log line may quote (a driver's error, a
-// config dump): the password is replaced, the rest kept for debugging.
-const URL_PASSWORD = /(\b[a-z][a-z0-9+.-]*:\/\/[^:/?#@\s"]*:)[^@/\s"]+@/gi
+// user:password@ after any "://" a log line may quote (a driver's error, a
+// config dump): the password is replaced, the rest kept for debugging. No
+// scheme is asked for before "://" (a scheme pattern there backtracked
+// through every word boundary of a client's URL: quadratic), and the match
+// stays linear in the line: each class stops at the character that follows
+// it, and every "://" holds a "/", which ends the scan of the one before.
+const URL_PASSWORD = /(:\/\/[^:/?#@\s"]*:)[^@/\s"]+@/g
 const REDACTED = '[redacted]'
 // A bare password is looked for only when it is long enough not to turn up
 // by chance, and only as a whole word: replacing "0" or "y" anywhere would
@@ -15,7 +19,9 @@ const MIN_BARE_SECRET_LENGTH = 8
 
 /**
  * Patterns for the database password wherever a log line could hold it:
- * as written in the URL, decoded, and escaped inside a JSON string.
+ * as written in the URL, decoded, and escaped inside a JSON string. Each is
+ * a literal between two one-character lookarounds: at most the password's
+ * length of work per character of the line, whatever the line holds.
  */
 export function secretsOf (databaseUrl: string | undefined): RegExp[] {
   if (databaseUrl === undefined || !URL.canParse(databaseUrl)) return []

@@ -18,8 +18,30 @@ const shared: Options = {
 const bodyAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: false }), ['email', 'date-time'])
 const textAjv = addFormats.default(new Ajv({ ...shared, coerceTypes: true }), ['email', 'date-time'])
 
-export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) =>
-  httpPart === 'body' ? bodyAjv.compile(schema as object) : strictIntegers(schema as TextSchema, textAjv.compile(schema as object))
+export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
+  if (httpPart === 'body') return bodyAjv.compile(schema as object)
+  const text = httpPart === 'headers' ? lowerCaseHeaderNames(schema as HeadersSchema) : schema
+  return strictIntegers(text as TextSchema, textAjv.compile(text as object))
+}
+
+interface HeadersSchema { properties?: Record<string, unknown>, required?: string[] }
+
+/**
+ * A headers schema with its header names in lower case, as Node gives them
+ * in request.headers. Our schemas name headers as the RFCs spell them (for
+ * the OpenAPI document), and Fastify, which lower-cases them for its own
+ * compiler, leaves a custom compiler's schemas as they are. Headers schemas
+ * here are flat objects: their properties and required list are the names.
+ */
+function lowerCaseHeaderNames (schema: HeadersSchema): HeadersSchema {
+  return {
+    ...schema,
+    ...(schema.properties === undefined
+      ? {}
+      : { properties: Object.fromEntries(Object.entries(schema.properties).map(([name, property]) => [name.toLowerCase(), property])) }),
+    ...(schema.required === undefined ? {} : { required: schema.required.map((name) => name.toLowerCase()) })
+  }
+}
 
 interface TextSchema { properties?: Record<string, { type?: unknown, maximum?: unknown }> }
 type Validate = ValidateFunction & ((data: unknown) => boolean)

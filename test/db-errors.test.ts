@@ -27,6 +27,8 @@ t.test('an error PostgreSQL answered is not a lost connection', async (t) => {
   t.equal(classifyDatabaseError(answered('57014')), 'unavailable', 'statement timeout')
   t.equal(classifyDatabaseError(answered('23505')), 'unique-violation')
   t.equal(classifyDatabaseError(answered('22021')), 'invalid-text')
+  t.equal(classifyDatabaseError(answered('40P01')), 'aborted-for-concurrency', 'deadlock detected')
+  t.equal(classifyDatabaseError(answered('40001')), 'aborted-for-concurrency', 'serialization failure')
   t.equal(classifyDatabaseError(answered('42P01')), undefined, 'a bug of ours stays a 500')
 })
 

@@ -57,17 +57,20 @@ t.test('the legacy routes are deprecated; headers and required fields are declar
 
   const parameters = (path: string, method: string) =>
     (paths[path]?.[method]?.parameters ?? []).filter((p) => p.in === 'header').map((p) => p.name)
-  t.same(parameters('/api/users', 'post'), ['idempotency-key'])
-  t.same(parameters('/api/user', 'post'), ['idempotency-key'])
-  t.same(parameters('/api/users/{id}', 'get'), ['if-none-match'])
-  t.same(parameters('/api/users/{id}', 'patch'), ['if-match'])
-  t.same(parameters('/api/users/{id}', 'delete'), ['if-match'])
+  // Spelt as the RFCs do: generated clients take these names as they are.
+  t.same(parameters('/api/users', 'post'), ['Idempotency-Key'])
+  t.same(parameters('/api/user', 'post'), ['Idempotency-Key'])
+  t.same(parameters('/api/users/{id}', 'get'), ['If-None-Match'])
+  t.same(parameters('/api/users/{id}', 'patch'), ['If-Match'])
+  t.same(parameters('/api/users/{id}', 'delete'), ['If-Match'])
 
   const created = paths['/api/users']?.post?.responses['201']
-  t.same(Object.keys(created?.headers ?? {}).sort(), ['etag', 'idempotent-replayed', 'location'])
+  t.same(Object.keys(created?.headers ?? {}).sort(), ['ETag', 'Idempotent-Replayed', 'Location'])
+  t.same(Object.keys(paths['/api/user']?.post?.responses['201']?.headers ?? {}).sort(), ['Idempotent-Replayed', 'Location'])
+  t.same(Object.keys(paths['/api/users']?.post?.responses['503']?.headers ?? {}), ['Retry-After'])
   t.same(created?.content?.['application/json']?.schema.required?.sort(), ['createdAt', 'email', 'id', 'name', 'updatedAt'],
     'every field the service always sends is required')
-  t.ok(paths['/api/users/{id}']?.get?.responses['200']?.headers?.etag)
+  t.ok(paths['/api/users/{id}']?.get?.responses['200']?.headers?.ETag)
   t.same(paths['/api/users/{id}']?.get?.responses['404']?.content?.['application/json']?.schema.required?.sort(),
     ['error', 'message', 'statusCode'])
 })

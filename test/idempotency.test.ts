@@ -435,6 +435,41 @@ t.test('purgeExpired() deletes expired keys and keeps fresh ones', async (t) => 
   t.equal(await count(db, 'users'), 5)
 })
 
+t.test('one purge clears a backlog of 50,000 expired keys, while requests go on', async (t) => {
+  // Two connections and four clients: requests wait for a connection all along.
+  const { app, db } = await buildTestApp(t, { DATABASE_POOL_MAX: '2' })
+  const EXPIRED = 50_000
+  await db.query(`INSERT INTO idempotency_keys (key, fingerprint, status_code, response_headers, response_body, expires_at)
+    SELECT 'expired-' || n, md5(n::text), 201, '{"location":"/api/users/1"}', '{"id":1,"name":"Ada"}', now() - interval '1 hour'
+    FROM generate_series(1, $1::int) AS n`, [EXPIRED])
+  t.equal((await post(app, '/api/users', { name: 'Fresh' }, 'fresh')).statusCode, 201)
+
+  let purging = true
+  const latencies: number[] = []
+  const statuses = new Set<number>()
+  const client = async (index: number): Promise<void> => {
+    for (let n = 0; purging; n++) {
+      const started = performance.now()
+      const response = await post(app, '/api/users', { name: `Client ${index}` }, `client-${index}-${n}`)
+      latencies.push(performance.now() - started)
+      statuses.add(response.statusCode)
+    }
+  }
+  const clients = [0, 1, 2, 3].map(client)
+  const purged = await app.idempotency.purgeExpired().finally(() => { purging = false })
+  await Promise.all(clients)
+
+  t.equal(purged, EXPIRED, 'every expired key purged in one pass')
+  const { rows } = await db.query<{ expired: number, fresh: number }>(`SELECT count(*) FILTER (WHERE expires_at <= now())::int AS expired,
+    count(*) FILTER (WHERE expires_at > now())::int AS fresh FROM idempotency_keys`)
+  t.equal(rows[0]?.expired, 0, 'no expired key left')
+  t.equal(rows[0]?.fresh, latencies.length + 1, 'every fresh key kept')
+  t.same([...statuses], [201], 'every request meanwhile created its user')
+  t.ok(latencies.length >= 4, `${latencies.length} requests answered during the purge`)
+  const slowest = Math.max(...latencies)
+  t.ok(slowest < 1_000, `no request held up: the slowest took ${Math.round(slowest)} ms`)
+})
+
 t.test('IDEMPOTENCY_KEY_TTL_SECONDS sets how long keys are kept', async (t) => {
   const { app, db } = await buildTestApp(t, { IDEMPOTENCY_KEY_TTL_SECONDS: '172800' })
   t.equal((await post(app, '/api/users', { name: 'Ada' }, 'ttl-1')).statusCode, 201)
@@ -510,6 +545,37 @@ t.test('over a real connection, bad keys are still a 400 that stores nothing', a
   const good = await rawPost(port, Buffer.from('  wire-key  ', 'latin1'))
   t.equal(good.statusCode, 201, good.body)
   t.same((await keyRows(db)).map((row) => row.key), ['wire-key'])
+})
+
+t.test('an Idempotency-Key header sent twice is a 400, not the two keys joined into one', async (t) => {
+  const { app, db } = await buildTestApp(t)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+  // Node joins repeated headers with ", ": "k2, k3", a valid key of its own.
+  const repeats: Array<[string, string]> = [
+    ['two keys', 'k2\r\nIdempotency-Key: k3'],
+    ['two keys, the second in lower case', 'k2\r\nidempotency-key: k3'],
+    ['one key twice', 'k2\r\nIdempotency-Key: k2']
+  ]
+  for (const [what, twice] of repeats) {
+    const response = await rawPost(port, Buffer.from(twice, 'latin1'))
+    t.equal(response.statusCode, 400, `${what}: ${response.body}`)
+    t.match(JSON.parse(response.body), { statusCode: 400, error: 'Bad Request', message: /^headers\/idempotency-key must be sent once/ }, `${what}: the message names the header`)
+  }
+  t.equal(await count(db, 'users'), 0, 'no user')
+  t.equal(await count(db, 'idempotency_keys'), 0, 'no key')
+
+  // The single key "k2, k3" is a key like any other; the two headers never become it.
+  const joined = await rawPost(port, Buffer.from('k2, k3', 'latin1'))
+  t.equal(joined.statusCode, 201, joined.body)
+  const twiceAfter = await rawPost(port, Buffer.from('k2\r\nIdempotency-Key: k3', 'latin1'))
+  t.equal(twiceAfter.statusCode, 400, 'the two headers do not replay the key "k2, k3"')
+  t.same((await keyRows(db)).map((row) => row.key), ['k2, k3'])
+
+  // The legacy create alike (light-my-request sends an array as repeated headers).
+  const legacy = await app.inject({ method: 'POST', url: '/api/user', headers: { 'idempotency-key': ['k4', 'k5'] }, payload: { name: 'Ada' } })
+  t.match(errorMessage(t, legacy, 400, 'Bad Request', 'POST /api/user'), /^headers\/idempotency-key must be sent once/)
+  t.equal(await count(db, 'users'), 1, 'only the user of "k2, k3"')
 })
 
 t.test('an email of null and no email are the same request', async (t) => {

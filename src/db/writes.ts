@@ -1,9 +1,18 @@
 // Writes that never claim an outcome they do not know. A write whose
 // statement (or COMMIT) was sent when the connection broke may or may not
 // have taken effect; it is reported as such, never as "nothing happened".
+import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
-import { isLostConnection } from './errors.js'
+import { isAbortedForConcurrency, isLostConnection } from './errors.js'
 import type { QueryRunner } from './read-pipeline.js'
+
+/**
+ * Tries at a write PostgreSQL keeps aborting to break deadlocks or
+ * serialization conflicts; past them, its error goes to the client (a 503).
+ */
+const ATTEMPTS_WHEN_ABORTED = 3
+/** The longest pause before another try, times the tries so far (randomized, so two victims part ways). */
+const RETRY_PAUSE_MAX_MS = 10
 
 /** The connection broke after a write was sent: it may or may not have happened. */
 export class WriteOutcomeUnknownError extends Error {
@@ -16,9 +25,15 @@ export class WriteOutcomeUnknownError extends Error {
 /**
  * Runs one autocommit write statement on a client of its own. A failure to
  * get a connection sent nothing and is thrown as it is; a connection lost
- * once the statement went out is a WriteOutcomeUnknownError.
+ * once the statement went out is a WriteOutcomeUnknownError. A statement
+ * PostgreSQL aborted for a deadlock or a serialization conflict was rolled
+ * back, so it is run again, a few times at most.
  */
 export async function writeOnce<T> (pool: pg.Pool, statement: (client: QueryRunner) => Promise<T>): Promise<T> {
+  return await retriedWhileAborted(() => writeOnceNow(pool, statement))
+}
+
+async function writeOnceNow<T> (pool: pg.Pool, statement: (client: QueryRunner) => Promise<T>): Promise<T> {
   const client = await pool.connect()
   try {
     const result = await statement(client)
@@ -36,9 +51,15 @@ export async function writeOnce<T> (pool: pg.Pool, statement: (client: QueryRunn
  * nothing: the transaction is rolled back, or dies with its connection (the
  * pool destroys a broken client, and PostgreSQL aborts an open transaction
  * when its connection goes). Only a connection lost once COMMIT was sent is
- * a WriteOutcomeUnknownError.
+ * a WriteOutcomeUnknownError. A transaction PostgreSQL aborted for a
+ * deadlock or a serialization conflict is run again from its start, a few
+ * times at most: `work` must do nothing outside the transaction.
  */
 export async function writeInTransaction<T> (pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  return await retriedWhileAborted(() => writeInTransactionNow(pool, work))
+}
+
+async function writeInTransactionNow<T> (pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect()
   let commitSent = false
   try {
@@ -58,6 +79,18 @@ export async function writeInTransaction<T> (pool: pg.Pool, work: (client: pg.Po
     const rolledBack = commitSent || await client.query('ROLLBACK').then(() => true, () => false)
     client.release(!rolledBack)
     throw error
+  }
+}
+
+/** Runs `write` again while PostgreSQL aborts it for concurrency, up to ATTEMPTS_WHEN_ABORTED tries. */
+async function retriedWhileAborted<T> (write: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write()
+    } catch (error) {
+      if (attempt >= ATTEMPTS_WHEN_ABORTED || !isAbortedForConcurrency(error)) throw error
+      await sleep(Math.random() * RETRY_PAUSE_MAX_MS * attempt)
+    }
   }
 }
 

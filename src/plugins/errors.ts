@@ -43,6 +43,11 @@ export default fp(async function errors (fastify) {
     if (failure === 'invalid-text') {
       return sendError(reply, 400, 'body has text that cannot be stored')
     }
+    if (failure === 'aborted-for-concurrency') {
+      // Retried already (db/writes.ts); rolled back each time, so nothing was written.
+      request.log.warn({ err: error }, 'write aborted for concurrency, every try')
+      return sendUnavailable(reply, 'the change collided with concurrent changes; try again shortly')
+    }
     if (failure === 'unavailable') {
       request.log.warn({ err: error }, 'database unavailable')
       return sendUnavailable(reply, 'the database is unavailable; try again shortly')

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { claimKey, findKey, purgeExpiredKeys, saveAnswer, type StoredAnswer } from '../db/idempotency-keys.js'
@@ -11,7 +12,7 @@ export type { StoredAnswer }
 export interface IdempotencyOptions {
   /** How long a key's answer is kept (the contract promises at least 24 h). */
   ttlSeconds: number
-  /** How often expired keys are purged, in batches. */
+  /** The pause between two purges of expired keys (each goes on until none is left). */
   purgeIntervalMs: number
 }
 
@@ -38,7 +39,8 @@ type Outcome =
 
 const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
 const PURGE_BATCH = 1_000
-const PURGE_MAX_BATCHES = 20
+/** While requests wait for a connection: the pause after a batch, in multiples of the time it took. */
+const PURGE_PAUSE_PER_BATCH_TIME = 3
 /** How long settling a lost transaction may wait for its backend to end. */
 const SETTLE_TIMEOUT_MS = 1_000
 
@@ -54,6 +56,10 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
   const pool = fastify.pg.pool
 
   async function handle (request: FastifyRequest, reply: FastifyReply, create: Create): Promise<FastifyReply> {
+    // Node joins a repeated header's values with ", ": "k2, k3" would pass
+    // for one key, and a later request sending that single value replay it.
+    const copies = timesSent(request, IDEMPOTENCY_KEY_HEADER)
+    if (copies > 1) return sendError(reply, 400, `headers/${IDEMPOTENCY_KEY_HEADER} must be sent once, not ${copies} times`)
     const key = request.headers[IDEMPOTENCY_KEY_HEADER]
     if (typeof key !== 'string') return send(reply, await writeOnce(pool, create))
 
@@ -106,31 +112,51 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
     return outcome.kind === 'replayed' ? { kind: 'performed', answer: outcome.answer } : outcome
   }
 
+  let closing = false
+
+  /**
+   * Deletes expired keys a batch at a time until none is left, however many
+   * there are, so the purge keeps up with any rate of keyed creates (a
+   * batch of 1,000 takes milliseconds; a create, a transaction of its own).
+   * Requests come first: while any waits for a connection, the purge pauses
+   * for three times as long as its last batch took, so it holds a connection
+   * at most a quarter of the time (still over 10,000 keys a second) and a
+   * waiting request waits at most one batch.
+   */
   async function purgeExpired (): Promise<number> {
     let purged = 0
-    for (let batch = 0; batch < PURGE_MAX_BATCHES; batch++) {
-      // Requests come first: a busy pool is left alone until the next round.
-      if (pool.waitingCount > 0) break
+    while (!closing) {
+      const started = performance.now()
       const deleted = await purgeExpiredKeys(pool, PURGE_BATCH)
       purged += deleted
       if (deleted < PURGE_BATCH) break
+      if (pool.waitingCount > 0) await sleep(PURGE_PAUSE_PER_BATCH_TIME * (performance.now() - started))
+      else await nextTurn()
     }
     return purged
   }
 
   fastify.decorate('idempotency', { handle, purgeExpired })
 
+  // One purge at a time, each purgeIntervalMs after the last one ended.
   let timer: NodeJS.Timeout | undefined
-  fastify.addHook('onReady', async () => {
-    timer = setInterval(() => {
-      purgeExpired().then(
+  let running: Promise<void> = Promise.resolve()
+  function schedulePurge (): void {
+    timer = setTimeout(() => {
+      running = purgeExpired().then(
         (purged) => { if (purged > 0) fastify.log.info({ purged }, 'purged expired idempotency keys') },
         (error: unknown) => fastify.log.warn({ err: error }, 'purging expired idempotency keys failed; will retry')
-      )
+      ).finally(() => { if (!closing) schedulePurge() })
     }, options.purgeIntervalMs)
     timer.unref()
+  }
+  fastify.addHook('onReady', async () => schedulePurge())
+  fastify.addHook('onClose', async () => {
+    closing = true
+    clearTimeout(timer)
+    // A purge under way stops after its batch, before the pool closes.
+    await running
   })
-  fastify.addHook('onClose', async () => clearInterval(timer))
 }, { name: 'idempotency', dependencies: ['database', 'errors'] })
 
 type KeyRecord = Awaited<ReturnType<typeof findKey>>
@@ -142,6 +168,17 @@ function recordedOutcome (record: KeyRecord, fingerprint: string): Outcome {
   if (record === undefined || record.statusCode === null || record.body === null) return { kind: 'in-progress' }
   if (record.fingerprint !== fingerprint) return { kind: 'different-request' }
   return { kind: 'replayed', answer: { statusCode: record.statusCode, headers: record.headers ?? {}, body: record.body } }
+}
+
+/** How many times the request carried the header `name` (lower case), as sent on the wire. */
+function timesSent (request: FastifyRequest, name: string): number {
+  const raw = request.raw.rawHeaders
+  let times = 0
+  // Name, value, name, value...
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]?.toLowerCase() === name) times++
+  }
+  return times
 }
 
 /** An answer serialized by the route's response schema for `statusCode`. */

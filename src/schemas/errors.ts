@@ -20,13 +20,13 @@ const meanings: Record<number, string> = {
   415: 'The body is not application/json',
   422: 'The Idempotency-Key was already used with a different request',
   500: 'A bug; the message says nothing of the internals',
-  503: 'The database is unavailable or the service is shutting down; retry after Retry-After seconds'
+  503: 'The database is unavailable, the change kept colliding with concurrent changes, or the service is shutting down; nothing was written; retry after Retry-After seconds'
 }
 
 function errorResponse (status: number): TObject {
   const schema: TObject = { ...ErrorResponse, description: `${STATUS_CODES[status] ?? 'Error'}: ${meanings[status] ?? ''}` }
   if (status === 503) {
-    Object.assign(schema, { headers: { 'retry-after': { type: 'string', description: 'Seconds to wait before retrying' } } })
+    Object.assign(schema, { headers: { 'Retry-After': { type: 'string', description: 'Seconds to wait before retrying' } } })
   }
   return schema
 }

@@ -8,8 +8,17 @@ const entityTags = (description: string) => Type.Optional(Type.String({
   examples: ['"3"']
 }))
 
+// Request headers are declared as the RFCs spell them, since the OpenAPI
+// document's names become the property names of generated clients (an
+// openapi-typescript client would refuse 'If-Match' for 'if-match').
+// The validator compiler (src/validation.ts) lower-cases a headers schema's
+// names, so matching stays case-insensitive and errors name the header in
+// lower case ("headers/if-match …"). Handlers read
+// request.headers['if-match'], the name Node gives: the capitalised key the
+// type provider also offers is never set.
+
 export const IdempotencyKeyHeaders = Type.Object({
-  'idempotency-key': Type.Optional(Type.String({
+  'Idempotency-Key': Type.Optional(Type.String({
     minLength: 1,
     maxLength: 255,
     pattern: pattern('^[\\x20-\\x7e]+$', 'must be printable characters only'),
@@ -19,26 +28,26 @@ export const IdempotencyKeyHeaders = Type.Object({
 })
 
 export const IfNoneMatchHeaders = Type.Object({
-  'if-none-match': entityTags('304 Not Modified when it names the current ETag (or is *)')
+  'If-None-Match': entityTags('304 Not Modified when it names the current ETag (or is *)')
 })
 
 export const IfMatchHeaders = Type.Object({
-  'if-match': entityTags('412 Precondition Failed, and no change, unless it names the current ETag (or is * and the user exists)')
+  'If-Match': entityTags('412 Precondition Failed, and no change, unless it names the current ETag (or is * and the user exists)')
 })
 
-/** Response headers the service sends, as the OpenAPI document names them. */
+/** Response headers the service sends, each under the name the RFCs spell it with. */
 const responseHeaders = {
-  location: { type: 'string', description: 'The user\'s URL: /api/users/{id}' },
-  etag: { type: 'string', description: 'The user\'s entity tag, which changes with every change', examples: ['"3"'] },
-  'idempotent-replayed': {
+  location: ['Location', { type: 'string', description: 'The user\'s URL: /api/users/{id}' }],
+  etag: ['ETag', { type: 'string', description: 'The user\'s entity tag, which changes with every change', examples: ['"3"'] }],
+  'idempotent-replayed': ['Idempotent-Replayed', {
     type: 'string',
     enum: ['true'],
     description: 'Sent when this answer replays an earlier request with the same Idempotency-Key'
-  }
+  }]
 } as const
 
-/** `schema` described as a response that carries `headers`. */
+/** `schema` described as a response that carries `headers` (named in lower case here, as sent). */
 export function respondsWith<T extends TSchema> (schema: T, description: string, headers: Array<keyof typeof responseHeaders> = []): T {
-  const declared = Object.fromEntries(headers.map((name) => [name, responseHeaders[name]]))
+  const declared = Object.fromEntries(headers.map((name) => responseHeaders[name]))
   return { ...schema, description, ...(headers.length > 0 ? { headers: declared } : {}) }
 }
