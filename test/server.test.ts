@@ -2,6 +2,7 @@
 // order, graceful shutdown on a signal, and the exits a bad configuration or
 // an absent database cause. Each case runs a real child process.
 import { get } from 'node:http'
+import net from 'node:net'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { createTestDatabase, urlFor } from './helper.js'
@@ -180,6 +181,52 @@ t.test('a bad configuration exits 1 with one line on stderr naming the variable'
     t.equal(lines.length, 1, `${name}: one line on stderr`)
     t.match(lines[0], expected, `${name}: naming the variable`)
     t.notOk(run.lines.some(isListening), `${name}: never listens`)
+  }
+})
+
+/** Whether the database was touched: the migrations table exists once a run began. */
+async function wasMigrated (databaseUrl: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  try {
+    const { rows } = await client.query<{ table: string | null }>("SELECT to_regclass('migrations')::text AS table")
+    return rows[0]?.table !== null
+  } finally {
+    await client.end()
+  }
+}
+
+/** A port some other socket holds on 127.0.0.1 until the test ends. */
+async function takenPort (t: Test): Promise<number> {
+  const holder = net.createServer()
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => holder.close(resolve)))
+  return (holder.address() as net.AddressInfo).port
+}
+
+t.test('a HOST or PORT it cannot listen on stops it before it migrates, with one line naming the variable', { timeout: 60_000 }, async (t) => {
+  const port = await takenPort(t)
+  const cases: Array<[string, Record<string, string>, RegExp]> = [
+    ['HOST="not a host!"', { HOST: 'not a host!' }, /^invalid configuration: HOST must be a host name or IP address to listen on \(got "not a host!"\)$/],
+    ['an address not on this machine', { HOST: '192.0.2.1' }, /^cannot start: HOST 192\.0\.2\.1 is not an address of this machine$/],
+    ['a name that does not resolve', { HOST: 'nothing.invalid' }, /^cannot start: HOST nothing\.invalid does not resolve to an address \(/],
+    ['a port in use', { PORT: String(port) }, new RegExp(`^cannot start: PORT ${port} is already in use on 127\\.0\\.0\\.1$`)],
+    // A cluster's primary checks before it forks: its workers would fail one after another.
+    ['a port in use, WEB_CONCURRENCY=2', { PORT: String(port), WEB_CONCURRENCY: '2' }, new RegExp(`^cannot start: PORT ${port} is already in use`)]
+  ]
+  const runs = await Promise.all(cases.map(async ([, env]) => {
+    const databaseUrl = await createTestDatabase(t, { migrated: false })
+    return { databaseUrl, run: spawnDist(t, 'server.js', { DATABASE_URL: databaseUrl, HOST: '127.0.0.1', PORT: '0', ...env }) }
+  }))
+  for (const [index, [name, , expected]] of cases.entries()) {
+    const { databaseUrl, run } = runs[index] as { databaseUrl: string, run: Spawned }
+    const exit = await run.exitWithin(20_000)
+    t.equal(exit.code, 1, `${name}: exit code 1`)
+    const lines = run.stderr().split('\n').filter((line) => line !== '')
+    t.equal(lines.length, 1, `${name}: one line on stderr`)
+    t.match(lines[0], expected, `${name}: naming the variable`)
+    t.same(run.lines, [], `${name}: nothing logged: no worker started, nothing migrated`)
+    t.equal(await wasMigrated(databaseUrl), false, `${name}: the database was not touched`)
   }
 })
 
