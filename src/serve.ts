@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { buildApp } from './app.js'
 import type { Config } from './config.js'
 import { migrate, openDatabaseOrExit, whyCannotListen } from './startup.js'
+import { reportStartupFailure } from './workers.js'
 
 export interface ServeOptions {
   /**
@@ -42,7 +43,9 @@ export async function serve (config: Config, log: Logger, options: ServeOptions 
   try {
     await app.listen({ host: config.host, port: config.port })
   } catch (error) {
-    app.log.fatal({ code: (error as { code?: unknown }).code }, `cannot start: ${whyCannotListen(error, config)}`)
+    const reason = whyCannotListen(error, config)
+    app.log.fatal({ code: (error as { code?: unknown }).code }, `cannot start: ${reason}`)
+    if (options.worker === true) await reportStartupFailure(reason)
     await stop(1)
   }
 }

@@ -282,3 +282,21 @@ t.test('WEB_CONCURRENCY=2: a primary migrates once, two workers share the port, 
   t.equal(exit.code, 0)
   t.equal(server.lines.filter((line) => line.msg === 'shutting down').length, 2, 'each worker drained')
 })
+
+t.test('WEB_CONCURRENCY=2: a worker that crashes in service is replaced, and SIGTERM still exits 0', CASE(), async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const server = await startServer(t, { DATABASE_URL: databaseUrl, WEB_CONCURRENCY: '2', MIGRATE_ON_START: 'false' })
+  await server.waitForLine(() => server.lines.filter(isListening).length === 2, 'both workers listening')
+  const victim = server.lines.find(isListening)?.pid as number
+  process.kill(victim, 'SIGKILL')
+
+  const replaced = await server.waitForLine((line) => line.msg === 'a worker exited; starting another', 'the replacement line')
+  t.match(replaced, { workerPid: victim, signal: 'SIGKILL', restartInMs: Number }, 'it names the worker that died, and when the next starts')
+  t.equal(replaced.pid, server.child.pid, 'pid stays the primary\'s own')
+  await server.waitForLine(() => server.lines.filter(isListening).length === 3, 'the new worker listening')
+  t.equal((await request(`${server.baseUrl}/health/ready`)).status, 200, 'still serving')
+
+  const exit = await stop(server)
+  t.equal(exit.code, 0, 'a clean SIGTERM exits 0, whatever happened before')
+  t.equal(server.lines.filter((line) => line.msg === 'shutting down').length, 2, 'both live workers drained')
+})
