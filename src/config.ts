@@ -1,5 +1,4 @@
 import { isIP } from 'node:net'
-import { fileURLToPath } from 'node:url'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
@@ -18,11 +17,11 @@ export const ConfigSchema = Type.Object({
     description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
     secret: true
   })),
-  EMBEDDED_POSTGRES_DIR: Type.String({
+  // Absent: .data/postgres in the project (src/db/embedded.ts says where else, and why).
+  EMBEDDED_POSTGRES_DIR: Type.Optional(Type.String({
     minLength: 1,
-    default: fileURLToPath(new URL('../.data/postgres', import.meta.url)),
     description: 'a folder for the embedded PostgreSQL\'s data'
-  }),
+  })),
   NODE_ENV: Type.String({ default: 'development', description: 'the environment name' }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'a host name or IP address to listen on' }),
   PORT: integer(0, 65535, 3000),
@@ -57,7 +56,8 @@ type Env = Static<typeof ConfigSchema>
 export interface Config {
   /** Absent in development means: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
-  embeddedPostgresDir: string
+  /** Absent: the project's own place (src/db/embedded.ts: projectDataDir). */
+  embeddedPostgresDir: string | undefined
   production: boolean
   host: string
   port: number
