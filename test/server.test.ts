@@ -216,12 +216,10 @@ t.test('a HOST or PORT it cannot listen on stops it before it migrates, with one
     // A cluster's primary checks before it forks: its workers would fail one after another.
     ['a port in use, WEB_CONCURRENCY=2', { PORT: String(port), WEB_CONCURRENCY: '2' }, new RegExp(`^cannot start: PORT ${port} is already in use`)]
   ]
-  const runs = await Promise.all(cases.map(async ([, env]) => {
+  // One after another: five servers starting at once load a shared machine more than this needs.
+  for (const [name, env, expected] of cases) {
     const databaseUrl = await createTestDatabase(t, { migrated: false })
-    return { databaseUrl, run: spawnDist(t, 'server.js', { DATABASE_URL: databaseUrl, HOST: '127.0.0.1', PORT: '0', ...env }) }
-  }))
-  for (const [index, [name, , expected]] of cases.entries()) {
-    const { databaseUrl, run } = runs[index] as { databaseUrl: string, run: Spawned }
+    const run = spawnDist(t, 'server.js', { DATABASE_URL: databaseUrl, HOST: '127.0.0.1', PORT: '0', ...env })
     const exit = await run.exitWithin(20_000)
     t.equal(exit.code, 1, `${name}: exit code 1`)
     const lines = run.stderr().split('\n').filter((line) => line !== '')
