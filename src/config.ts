@@ -1,4 +1,4 @@
-import { fileURLToPath } from 'node:url'
+import { isIP } from 'node:net'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 
@@ -17,11 +17,11 @@ export const ConfigSchema = Type.Object({
     description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
     secret: true
   })),
-  EMBEDDED_POSTGRES_DIR: Type.String({
+  // Absent: .data/postgres in the project (src/db/embedded.ts says where else, and why).
+  EMBEDDED_POSTGRES_DIR: Type.Optional(Type.String({
     minLength: 1,
-    default: fileURLToPath(new URL('../.data/postgres', import.meta.url)),
     description: 'a folder for the embedded PostgreSQL\'s data'
-  }),
+  })),
   NODE_ENV: Type.String({ default: 'development', description: 'the environment name' }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'a host name or IP address to listen on' }),
   PORT: integer(0, 65535, 3000),
@@ -56,7 +56,8 @@ type Env = Static<typeof ConfigSchema>
 export interface Config {
   /** Absent in development means: start the embedded PostgreSQL. */
   databaseUrl: string | undefined
-  embeddedPostgresDir: string
+  /** Absent: the project's own place (src/db/embedded.ts: projectDataDir). */
+  embeddedPostgresDir: string | undefined
   production: boolean
   host: string
   port: number
@@ -119,6 +120,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`${describeProblem('DATABASE_URL', valid.DATABASE_URL)}; this one does not parse as a URL ` +
       '(percent-encode special characters in the user name and password)')
   }
+  // Caught here, before anything starts; whether the host is one of this
+  // machine's and the port is free is known only by binding (startup.ts).
+  if (!isHostName(valid.HOST) && isIP(valid.HOST) === 0) throw new ConfigError(describeProblem('HOST', valid.HOST))
   return {
     databaseUrl: valid.DATABASE_URL,
     embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,
@@ -155,10 +159,22 @@ function fromText (raw: Record<string, unknown>): Record<string, unknown> {
   const typed: Record<string, unknown> = { ...raw }
   for (const [name, value] of Object.entries(raw)) {
     const type = (ConfigSchema.properties as Record<string, TSchema>)[name]?.type
-    if (type === 'integer' && /^[+-]?\d{1,15}$/.test(String(value))) typed[name] = Number(value)
+    // No minus sign: no setting takes a negative number, and "-0" is not 0.
+    if (type === 'integer' && /^\+?\d{1,15}$/.test(String(value))) typed[name] = Number(value)
     if (type === 'boolean' && (value === 'true' || value === 'false')) typed[name] = value === 'true'
   }
   return typed
+}
+
+/**
+ * A DNS name: labels of letters, digits, hyphens (and underscores, which
+ * container networks use in service names), at most 63 characters each and
+ * 253 in all, with an optional final dot.
+ */
+function isHostName (host: string): boolean {
+  const name = host.endsWith('.') ? host.slice(0, -1) : host
+  return name.length > 0 && name.length <= 253 &&
+    name.split('.').every((label) => /^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/.test(label))
 }
 
 function describeProblem (name: string, given: unknown): string {

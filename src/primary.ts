@@ -5,6 +5,7 @@ import cluster, { type Worker } from 'node:cluster'
 import type { Logger } from 'pino'
 import type { Config } from './config.js'
 import { migrate, openDatabaseOrExit } from './startup.js'
+import { superviseWorkers } from './workers.js'
 
 export async function runPrimary (config: Config, log: Logger): Promise<void> {
   const database = await openDatabaseOrExit(config, log)
@@ -16,26 +17,22 @@ export async function runPrimary (config: Config, log: Logger): Promise<void> {
   // Workers get the resolved database (an embedded one included) and do not
   // migrate again.
   const workerEnv = { DATABASE_URL: database.url, MIGRATE_ON_START: 'false' }
-  let shuttingDown = false
-  let failures = 0
+  let stopping = false
 
-  const fork = (): Worker => cluster.fork(workerEnv)
-  cluster.on('exit', (worker, code, signal) => {
-    if (code !== 0) failures++
-    if (shuttingDown) return
-    // A worker that dies on its own is replaced, not mourned.
-    log.error({ pid: worker.process.pid, code, signal }, 'a worker exited; starting another')
-    fork()
-  })
-  for (let i = 0; i < config.webConcurrency; i++) fork()
-  log.info({ workers: config.webConcurrency }, 'cluster started')
-
-  const shutDown = (signal: NodeJS.Signals): void => {
-    if (shuttingDown) return
-    shuttingDown = true
-    log.info({ signal }, 'shutting down the workers')
+  /**
+   * Stops every worker (each drains within the grace), then the database,
+   * and exits: `exitCode`, or 1 if a worker failed its drain.
+   */
+  const stopAll = (exitCode: number): void => {
+    if (stopping) return
+    stopping = true
+    supervisor.stop()
     const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined)
-    for (const worker of workers) worker.process.kill('SIGTERM')
+    let failedDrains = 0
+    for (const worker of workers) {
+      worker.once('exit', (code: number | null) => { if (code !== 0) failedDrains++ })
+      worker.process.kill('SIGTERM')
+    }
     // Each worker drains within the grace; this bounds the primary too.
     const deadline = setTimeout(() => {
       log.error('workers did not stop within the grace; exiting')
@@ -47,8 +44,25 @@ export async function runPrimary (config: Config, log: Logger): Promise<void> {
       else worker.once('exit', resolve)
     }))).then(async () => {
       await database.stop()
-      process.exit(failures === 0 ? 0 : 1)
+      process.exit(failedDrains === 0 ? exitCode : 1)
     }, () => process.exit(1))
+  }
+
+  const supervisor = superviseWorkers({
+    count: config.webConcurrency,
+    fork: () => cluster.fork(workerEnv),
+    log,
+    onFailure: (reason) => {
+      log.fatal(`${reason}; stopping`)
+      stopAll(1)
+    }
+  })
+  log.info({ workers: config.webConcurrency }, 'cluster started')
+
+  const shutDown = (signal: NodeJS.Signals): void => {
+    if (stopping) return
+    log.info({ signal }, 'shutting down the workers')
+    stopAll(0)
   }
   process.on('SIGTERM', shutDown)
   process.on('SIGINT', shutDown)

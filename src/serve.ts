@@ -3,7 +3,8 @@ import closeWithGrace from 'close-with-grace'
 import type { Logger } from 'pino'
 import { buildApp } from './app.js'
 import type { Config } from './config.js'
-import { migrate, openDatabaseOrExit } from './startup.js'
+import { migrate, openDatabaseOrExit, whyCannotListen } from './startup.js'
+import { reportStartupFailure } from './workers.js'
 
 export interface ServeOptions {
   /**
@@ -42,7 +43,9 @@ export async function serve (config: Config, log: Logger, options: ServeOptions 
   try {
     await app.listen({ host: config.host, port: config.port })
   } catch (error) {
-    app.log.fatal({ err: error }, `cannot listen on ${config.host}:${config.port}`)
+    const reason = whyCannotListen(error, config)
+    app.log.fatal({ code: (error as { code?: unknown }).code }, `cannot start: ${reason}`)
+    if (options.worker === true) await reportStartupFailure(reason)
     await stop(1)
   }
 }

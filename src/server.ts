@@ -5,6 +5,7 @@ import { ConfigError, loadConfig, type Config } from './config.js'
 import { createLogger } from './logger.js'
 import { runPrimary } from './primary.js'
 import { serve } from './serve.js'
+import { checkCanListenOrExit } from './startup.js'
 
 let config: Config
 try {
@@ -14,6 +15,10 @@ try {
   console.error(`invalid configuration: ${error.message}`)
   process.exit(1)
 }
+
+// The primary binds for its workers too, so it checks for them; before
+// anything starts a database or migrates one.
+if (cluster.isPrimary) await checkCanListenOrExit(config)
 
 const log = createLogger(config)
 if (cluster.isPrimary && config.webConcurrency > 1) await runPrimary(config, log)

@@ -16,10 +16,10 @@ t.test('defaults fill everything but DATABASE_URL', async (t) => {
   t.ok(config.database.statementTimeoutMs > 0, 'statements are bounded')
 })
 
-t.test('without DATABASE_URL the embedded PostgreSQL keeps its data in the project', async (t) => {
+t.test('without DATABASE_URL the embedded PostgreSQL is used, in a folder of its own choosing unless told', async (t) => {
   const config = loadConfig({})
   t.equal(config.databaseUrl, undefined)
-  t.match(config.embeddedPostgresDir, /[/\\]\.data[/\\]postgres$/)
+  t.equal(config.embeddedPostgresDir, undefined, 'src/db/embedded.ts chooses (the project\'s .data/postgres when it can)')
   t.equal(config.production, false)
   t.equal(loadConfig({ NODE_ENV: 'production' }).production, true)
   t.equal(loadConfig({ EMBEDDED_POSTGRES_DIR: '/tmp/pg' }).embeddedPostgresDir, '/tmp/pg')
@@ -43,6 +43,12 @@ t.test('values are read from text', async (t) => {
   t.equal(config.shutdownGraceMs, 2500)
 })
 
+t.test('HOST takes IP addresses and host names', async (t) => {
+  for (const host of ['0.0.0.0', '127.0.0.1', '::', '::1', 'fe80::1%lo', 'localhost', 'api.internal', 'my_service', 'xn--bcher-kva.example.']) {
+    t.equal(loadConfig({ DATABASE_URL: url, HOST: host }).host, host, host)
+  }
+})
+
 t.test('an empty variable counts as unset', async (t) => {
   t.equal(loadConfig({ DATABASE_URL: url, PORT: '' }).port, 3000)
 })
@@ -59,7 +65,13 @@ t.test('a missing or bad value is one line naming the variable and what it expec
     [{ DATABASE_URL: 'postgres://app:pa/ss@127.0.0.1:5432/db' }, /^DATABASE_URL must be a PostgreSQL URL .*does not parse as a URL \(percent-encode/],
     [{ DATABASE_URL: 'postgres://app@127.0.0.1:99999/db' }, /^DATABASE_URL must be .*does not parse as a URL/],
     [{ DATABASE_URL: url, DATABASE_QUEUE_MAX: '-1' }, /^DATABASE_QUEUE_MAX must be an integer from 0/],
-    [{ DATABASE_URL: url, EVENT_LOOP_DELAY_MAX_MS: 'fast' }, /^EVENT_LOOP_DELAY_MAX_MS must be an integer from 0/]
+    [{ DATABASE_URL: url, EVENT_LOOP_DELAY_MAX_MS: 'fast' }, /^EVENT_LOOP_DELAY_MAX_MS must be an integer from 0/],
+    // A minus sign is no part of any valid value: "-0" is not 0.
+    [{ DATABASE_URL: url, PORT: '-0' }, /^PORT must be an integer from 0 to 65535 \(got "-0"\)$/],
+    [{ DATABASE_URL: url, HOST: 'not a host!' }, /^HOST must be a host name or IP address to listen on \(got "not a host!"\)$/],
+    [{ DATABASE_URL: url, HOST: 'http://example.com' }, /^HOST must be a host name or IP address/],
+    [{ DATABASE_URL: url, HOST: '[::1]' }, /^HOST must be a host name or IP address/],
+    [{ DATABASE_URL: url, HOST: `${'a'.repeat(64)}.example` }, /^HOST must be a host name or IP address/]
   ]
   for (const [env, expected] of cases) {
     t.throws(() => loadConfig(env), ConfigError)

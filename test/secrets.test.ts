@@ -182,7 +182,8 @@ t.test('bad configuration values: the line naming the variable carries no passwo
   for (const [index, [what, , names]] of cases.entries()) {
     const run = runs[index] as Spawned
     // A bad value stops start-up (API.md, Operations); a server that got as far as listening is stopped here.
-    const listening = run.waitForLine((line) => typeof line.msg === 'string' && LISTENING.test(line.msg), 'listening', 10_000).then(() => undefined, () => undefined)
+    // Generous: eight servers start at once, on a machine that may be busy with other test files.
+    const listening = run.waitForLine((line) => typeof line.msg === 'string' && LISTENING.test(line.msg), 'listening', 20_000).then(() => undefined, () => undefined)
     const exit = await Promise.race([run.exited, listening])
     if (exit === undefined) {
       run.child.kill('SIGTERM')

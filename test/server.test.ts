@@ -2,6 +2,7 @@
 // order, graceful shutdown on a signal, and the exits a bad configuration or
 // an absent database cause. Each case runs a real child process.
 import { get } from 'node:http'
+import net from 'node:net'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { createTestDatabase, urlFor } from './helper.js'
@@ -25,7 +26,9 @@ const isListening = (line: LogLine): boolean => typeof line.msg === 'string' && 
 
 /** Starts the server and resolves once it logs where it listens. */
 async function startServer (t: Test, env: Record<string, string>): Promise<Server> {
-  const spawned = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...env })
+  // No load shedding unless a test asks: start-up and shutdown are under
+  // test here, and a machine busy with other tests must not turn them into 503s.
+  const spawned = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', EVENT_LOOP_DELAY_MAX_MS: '0', ...env })
   const line = await spawned.waitForLine(isListening, 'the "Server listening at" line')
   const port = LISTENING.exec(line.msg ?? '')?.[1]
   return Object.assign(spawned, { baseUrl: `http://127.0.0.1:${port}` })
@@ -183,6 +186,50 @@ t.test('a bad configuration exits 1 with one line on stderr naming the variable'
   }
 })
 
+/** Whether the database was touched: the migrations table exists once a run began. */
+async function wasMigrated (databaseUrl: string): Promise<boolean> {
+  const client = new pg.Client({ connectionString: databaseUrl })
+  await client.connect()
+  try {
+    const { rows } = await client.query<{ table: string | null }>("SELECT to_regclass('migrations')::text AS table")
+    return rows[0]?.table !== null
+  } finally {
+    await client.end()
+  }
+}
+
+/** A port some other socket holds on 127.0.0.1 until the test ends. */
+async function takenPort (t: Test): Promise<number> {
+  const holder = net.createServer()
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => holder.close(resolve)))
+  return (holder.address() as net.AddressInfo).port
+}
+
+t.test('a HOST or PORT it cannot listen on stops it before it migrates, with one line naming the variable', { timeout: 60_000 }, async (t) => {
+  const port = await takenPort(t)
+  const cases: Array<[string, Record<string, string>, RegExp]> = [
+    ['HOST="not a host!"', { HOST: 'not a host!' }, /^invalid configuration: HOST must be a host name or IP address to listen on \(got "not a host!"\)$/],
+    ['an address not on this machine', { HOST: '192.0.2.1' }, /^cannot start: HOST 192\.0\.2\.1 is not an address of this machine$/],
+    ['a name that does not resolve', { HOST: 'nothing.invalid' }, /^cannot start: HOST nothing\.invalid does not resolve to an address \(/],
+    ['a port in use', { PORT: String(port) }, new RegExp(`^cannot start: PORT ${port} is already in use on 127\\.0\\.0\\.1$`)],
+    // A cluster's primary checks before it forks: its workers would fail one after another.
+    ['a port in use, WEB_CONCURRENCY=2', { PORT: String(port), WEB_CONCURRENCY: '2' }, new RegExp(`^cannot start: PORT ${port} is already in use`)]
+  ]
+  // One after another: five servers starting at once load a shared machine more than this needs.
+  for (const [name, env, expected] of cases) {
+    const databaseUrl = await createTestDatabase(t, { migrated: false })
+    const run = spawnDist(t, 'server.js', { DATABASE_URL: databaseUrl, HOST: '127.0.0.1', PORT: '0', ...env })
+    const exit = await run.exitWithin(20_000)
+    t.equal(exit.code, 1, `${name}: exit code 1`)
+    const lines = run.stderr().split('\n').filter((line) => line !== '')
+    t.equal(lines.length, 1, `${name}: one line on stderr`)
+    t.match(lines[0], expected, `${name}: naming the variable`)
+    t.same(run.lines, [], `${name}: nothing logged: no worker started, nothing migrated`)
+    t.equal(await wasMigrated(databaseUrl), false, `${name}: the database was not touched`)
+  }
+})
+
 t.test('without migrating on start, a database that is down leaves the server live but not ready', CASE(), async (t) => {
   const server = await startServer(t, {
     DATABASE_URL: UNREACHABLE_DATABASE,
@@ -234,4 +281,22 @@ t.test('WEB_CONCURRENCY=2: a primary migrates once, two workers share the port, 
   const exit = await stop(server)
   t.equal(exit.code, 0)
   t.equal(server.lines.filter((line) => line.msg === 'shutting down').length, 2, 'each worker drained')
+})
+
+t.test('WEB_CONCURRENCY=2: a worker that crashes in service is replaced, and SIGTERM still exits 0', CASE(), async (t) => {
+  const databaseUrl = await createTestDatabase(t)
+  const server = await startServer(t, { DATABASE_URL: databaseUrl, WEB_CONCURRENCY: '2', MIGRATE_ON_START: 'false' })
+  await server.waitForLine(() => server.lines.filter(isListening).length === 2, 'both workers listening')
+  const victim = server.lines.find(isListening)?.pid as number
+  process.kill(victim, 'SIGKILL')
+
+  const replaced = await server.waitForLine((line) => line.msg === 'a worker exited; starting another', 'the replacement line')
+  t.match(replaced, { workerPid: victim, signal: 'SIGKILL', restartInMs: Number }, 'it names the worker that died, and when the next starts')
+  t.equal(replaced.pid, server.child.pid, 'pid stays the primary\'s own')
+  await server.waitForLine(() => server.lines.filter(isListening).length === 3, 'the new worker listening')
+  t.equal((await request(`${server.baseUrl}/health/ready`)).status, 200, 'still serving')
+
+  const exit = await stop(server)
+  t.equal(exit.code, 0, 'a clean SIGTERM exits 0, whatever happened before')
+  t.equal(server.lines.filter((line) => line.msg === 'shutting down').length, 2, 'both live workers drained')
 })

@@ -2,6 +2,7 @@
 // processes, the way a container or a CI step starts them, and reads what
 // they print. Every wait here is bounded so a test can never hang.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import type { Test } from 'tap'
@@ -57,15 +58,21 @@ export async function within<T> (work: Promise<T>, ms: number, what: string | ((
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
+export interface SpawnOptions {
+  /** Another copy of the project to run, from its own folder (default: this one's dist/). */
+  project?: string
+}
+
 /**
  * Starts `node dist/<script>` with exactly `env` (plus PATH): nothing of the
  * test runner's environment leaks in, DATABASE_URL and NODE_OPTIONS included.
  * The child is killed when the test ends if it is still running.
  */
-export function spawnDist (t: Test, script: 'server.js' | 'migrate.js' | 'healthcheck.js', env: Record<string, string>): Spawned {
+export function spawnDist (t: Test, script: 'server.js' | 'migrate.js' | 'healthcheck.js', env: Record<string, string>, options: SpawnOptions = {}): Spawned {
   const started = Date.now()
-  const child = spawn(process.execPath, [distDir + script], {
+  const child = spawn(process.execPath, [options.project === undefined ? distDir + script : join(options.project, 'dist', script)], {
     env: { PATH: process.env.PATH ?? '', ...env },
+    ...(options.project === undefined ? {} : { cwd: options.project }),
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const lines: LogLine[] = []
