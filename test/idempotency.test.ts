@@ -444,11 +444,11 @@ t.test('one purge clears a backlog of 50,000 expired keys, while requests go on'
     FROM generate_series(1, $1::int) AS n`, [EXPIRED])
   t.equal((await post(app, '/api/users', { name: 'Fresh' }, 'fresh')).statusCode, 201)
 
-  let purging = true
+  const load = { purging: true }
   const latencies: number[] = []
   const statuses = new Set<number>()
   const client = async (index: number): Promise<void> => {
-    for (let n = 0; purging; n++) {
+    for (let n = 0; load.purging; n++) {
       const started = performance.now()
       const response = await post(app, '/api/users', { name: `Client ${index}` }, `client-${index}-${n}`)
       latencies.push(performance.now() - started)
@@ -456,7 +456,7 @@ t.test('one purge clears a backlog of 50,000 expired keys, while requests go on'
     }
   }
   const clients = [0, 1, 2, 3].map(client)
-  const purged = await app.idempotency.purgeExpired().finally(() => { purging = false })
+  const purged = await app.idempotency.purgeExpired().finally(() => { load.purging = false })
   await Promise.all(clients)
 
   t.equal(purged, EXPIRED, 'every expired key purged in one pass')

@@ -125,7 +125,9 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
    */
   async function purgeExpired (): Promise<number> {
     let purged = 0
-    while (!closing) {
+    // `closing` turns true in onClose, while this awaits.
+    for (;;) {
+      if (closing) break
       const started = performance.now()
       const deleted = await purgeExpiredKeys(pool, PURGE_BATCH)
       purged += deleted
