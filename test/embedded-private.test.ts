@@ -63,8 +63,7 @@ async function stopLeftover (dataDir: string): Promise<void> {
 }
 
 async function start (t: Test, project: string): Promise<Spawned & { baseUrl: string, dataDir: string, why: string | undefined }> {
-  // No load shedding: a machine busy with other tests must not turn the checks into 503s.
-  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', EVENT_LOOP_DELAY_MAX_MS: '0' }, { project })
+  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0' }, { project })
   const line = await server.waitForLine((l: LogLine) => LISTENING.test(String(l.msg)), 'the listening line', 40_000)
   const notice = server.lines.find((l) => DATA_IN.test(String(l.msg)))
   const [, named = '', why] = DATA_IN.exec(String(notice?.msg)) ?? []

@@ -36,8 +36,7 @@ function isAlive (pid: number): boolean {
 }
 
 async function start (t: Test, dataDir: string): Promise<Spawned & { baseUrl: string }> {
-  // No load shedding: a machine busy with other tests must not turn the checks into 503s.
-  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', EMBEDDED_POSTGRES_DIR: dataDir, EVENT_LOOP_DELAY_MAX_MS: '0' })
+  const server = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', EMBEDDED_POSTGRES_DIR: dataDir })
   const line = await server.waitForLine((l: LogLine) => LISTENING.test(String(l.msg)), 'the listening line', 20_000)
   return Object.assign(server, { baseUrl: LISTENING.exec(String(line.msg))?.[1] ?? '' })
 }

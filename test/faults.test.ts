@@ -47,10 +47,7 @@ const APP_ENV = {
   DATABASE_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
   // Fewer connections than concurrent requests: waiting for a connection is exercised too.
   DATABASE_POOL_MAX: '4',
-  DATABASE_READ_PIPELINES: '2',
-  // A busy test machine must not turn "every request succeeds after
-  // recovery" into event-loop load shedding; this file is about the database.
-  EVENT_LOOP_DELAY_MAX_MS: '0'
+  DATABASE_READ_PIPELINES: '2'
 }
 
 // Whatever a fault makes go wrong inside the process must not escape as an

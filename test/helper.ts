@@ -7,6 +7,7 @@ import type { Test } from 'tap'
 import { buildApp } from '../src/app.js'
 import { loadConfig, type AppConfig } from '../src/config.js'
 import { runMigrations } from '../src/db/migrations.js'
+import { QUIET_MACHINE_NOT_ASSUMED } from './spawn.js'
 
 /** The server the tests create their databases on. */
 export const serverUrl = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -69,7 +70,7 @@ export async function createTestDatabase (t: Test, { migrated = true } = {}): Pr
 
 /** The configuration the server would read, for a given database. */
 export function testConfig (databaseUrl: string, env: NodeJS.ProcessEnv = {}): AppConfig {
-  return { ...loadConfig({ DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env }), databaseUrl }
+  return { ...loadConfig({ DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...QUIET_MACHINE_NOT_ASSUMED, ...env }), databaseUrl }
 }
 
 export interface TestApp {

@@ -526,9 +526,7 @@ const numericText = fc.oneof(
 // ---------------------------------------------------------------------------
 // The app under test, its model, and a first few users.
 
-// Load shedding by event-loop delay is off: on a machine shared with other test
-// runs a slow tick would turn a request into a 503 that says nothing of the input.
-const { app, db } = await buildTestApp(t, { EVENT_LOOP_DELAY_MAX_MS: '0' })
+const { app, db } = await buildTestApp(t)
 const model = new Model()
 
 async function send (sent: Sent): Promise<LightMyRequestResponse> {
@@ -1283,7 +1281,7 @@ async function rawRequest (port: number, request: Buffer): Promise<RawAnswer> {
 
 t.test('header bytes on a real socket: parser refusals are 400s naming the header', async (t) => {
   // An app and database of their own: requests here may create users the model does not follow.
-  const own = await buildTestApp(t, { EVENT_LOOP_DELAY_MAX_MS: '0' })
+  const own = await buildTestApp(t)
   await own.app.listen({ host: '127.0.0.1', port: 0 })
   const { port } = own.app.server.address() as AddressInfo
   const user = (await own.app.inject({ method: 'POST', url: '/api/users', payload: { name: 'Socket' } })).json() as ApiUser

@@ -26,9 +26,7 @@ const isListening = (line: LogLine): boolean => typeof line.msg === 'string' && 
 
 /** Starts the server and resolves once it logs where it listens. */
 async function startServer (t: Test, env: Record<string, string>): Promise<Server> {
-  // No load shedding unless a test asks: start-up and shutdown are under
-  // test here, and a machine busy with other tests must not turn them into 503s.
-  const spawned = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', EVENT_LOOP_DELAY_MAX_MS: '0', ...env })
+  const spawned = spawnDist(t, 'server.js', { HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...env })
   const line = await spawned.waitForLine(isListening, 'the "Server listening at" line')
   const port = LISTENING.exec(line.msg ?? '')?.[1]
   return Object.assign(spawned, { baseUrl: `http://127.0.0.1:${port}` })
