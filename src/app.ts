@@ -84,6 +84,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
   await app.register(jsonBodies)
   await app.register(database, {
     connectionString: config.databaseUrl,
+    pooler: config.database.pooler,
+    poolerKeepsPreparedStatements: config.database.poolerKeepsPreparedStatements,
     poolMax: config.database.poolMax,
     connectTimeoutMs: config.database.connectTimeoutMs,
     statementTimeoutMs: config.database.statementTimeoutMs,
@@ -96,7 +98,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
   if (config.metricsEnabled) await app.register(metrics)
   await app.register(idempotency, {
     ttlSeconds: config.idempotencyKeyTtlSeconds,
-    purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS
+    purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS,
+    behindPooler: config.database.pooler === 'transaction'
   })
 
   await app.register(health, {

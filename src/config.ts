@@ -17,6 +17,28 @@ export const ConfigSchema = Type.Object({
     description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
     secret: true
   })),
+  // Where `npm run migrate` and the migrate-on-start step connect. Absent:
+  // DATABASE_URL. Behind a transaction pooler it must reach PostgreSQL
+  // directly: the migration lock is a session lock a pooler cannot keep.
+  MIGRATIONS_DATABASE_URL: Type.Optional(Type.String({
+    pattern: '^postgres(ql)?://',
+    description: 'a PostgreSQL URL such as postgres://user:password@host:5432/database',
+    secret: true
+  })),
+  // Hot standbys for reads, comma-separated. Absent: every read on DATABASE_URL.
+  DATABASE_READ_URL: Type.Optional(Type.String({
+    pattern: '^postgres(ql)?://[^,]+(,postgres(ql)?://[^,]+)*$',
+    description: 'one or more PostgreSQL URLs, comma-separated',
+    secret: true
+  })),
+  DATABASE_READ_MAX_LAG_MS: integer(0, 3_600_000, 1_000),
+  // transaction: DATABASE_URL is a transaction-mode pooler such as PgBouncer
+  // (README: "Behind PgBouncer").
+  DATABASE_POOLER: Type.Union([Type.Literal('none'), Type.Literal('transaction')], {
+    default: 'none', description: 'none or transaction'
+  }),
+  // PgBouncer >= 1.21 with max_prepared_statements keeps named statements.
+  DATABASE_POOLER_PREPARED_STATEMENTS: boolean(false),
   // Absent: .data/postgres in the project (src/db/embedded.ts says where else, and why).
   EMBEDDED_POSTGRES_DIR: Type.Optional(Type.String({
     minLength: 1,
@@ -63,7 +85,16 @@ export interface Config {
   port: number
   logLevel: Env['LOG_LEVEL']
   logPretty: boolean
+  /** Where migrations run; DATABASE_URL's database when absent. */
+  migrationsDatabaseUrl: string | undefined
   database: {
+    /** 'transaction': DATABASE_URL is a transaction-mode pooler (src/db/pooler.ts). */
+    pooler: 'none' | 'transaction'
+    /** Behind a pooler: it keeps named prepared statements (PgBouncer >= 1.21, max_prepared_statements). */
+    poolerKeepsPreparedStatements: boolean
+    /** Hot standbys to read from (empty: none). */
+    readUrls: string[]
+    readMaxLagMs: number
     poolMax: number
     connectTimeoutMs: number
     statementTimeoutMs: number
@@ -120,6 +151,20 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`${describeProblem('DATABASE_URL', valid.DATABASE_URL)}; this one does not parse as a URL ` +
       '(percent-encode special characters in the user name and password)')
   }
+  for (const name of ['MIGRATIONS_DATABASE_URL', 'DATABASE_READ_URL'] as const) {
+    const unparsable = valid[name]?.split(',').find((url) => !URL.canParse(url))
+    if (unparsable !== undefined) {
+      throw new ConfigError(`${describeProblem(name, unparsable)}; this one does not parse as a URL ` +
+        '(percent-encode special characters in the user name and password)')
+    }
+  }
+  // postgres-migrations holds a session advisory lock for the whole run: a
+  // transaction pooler would hand its statements to different sessions.
+  if (valid.DATABASE_POOLER === 'transaction' && valid.MIGRATE_ON_START && valid.MIGRATIONS_DATABASE_URL === undefined) {
+    throw new ConfigError('MIGRATIONS_DATABASE_URL is required when DATABASE_POOLER=transaction and MIGRATE_ON_START=true: ' +
+      'set it to a URL that reaches PostgreSQL directly (migrations take a session lock a transaction pooler cannot keep), ' +
+      'or set MIGRATE_ON_START=false')
+  }
   // Caught here, before anything starts; whether the host is one of this
   // machine's and the port is free is known only by binding (startup.ts).
   if (!isHostName(valid.HOST) && isIP(valid.HOST) === 0) throw new ConfigError(describeProblem('HOST', valid.HOST))
@@ -131,7 +176,12 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     port: valid.PORT,
     logLevel: valid.LOG_LEVEL,
     logPretty: valid.LOG_PRETTY,
+    migrationsDatabaseUrl: valid.MIGRATIONS_DATABASE_URL,
     database: {
+      pooler: valid.DATABASE_POOLER,
+      poolerKeepsPreparedStatements: valid.DATABASE_POOLER_PREPARED_STATEMENTS,
+      readUrls: valid.DATABASE_READ_URL?.split(',') ?? [],
+      readMaxLagMs: valid.DATABASE_READ_MAX_LAG_MS,
       poolMax: valid.DATABASE_POOL_MAX,
       connectTimeoutMs: valid.DATABASE_CONNECT_TIMEOUT_MS,
       statementTimeoutMs: valid.DATABASE_STATEMENT_TIMEOUT_MS,

@@ -4,7 +4,8 @@ import type { Logger } from 'pino'
 import { ConfigError, type Config } from './config.js'
 import { resolveDatabase, type Database } from './db/database-url.js'
 import { EmbeddedDatabaseError } from './db/embedded.js'
-import { runMigrations } from './db/migrations.js'
+import { runMigrations, type MigrateOptions } from './db/migrations.js'
+import { roleOf } from './db/pooler.js'
 
 /**
  * Binds HOST:PORT once and lets go, before anything with side effects (the
@@ -58,14 +59,26 @@ export async function openDatabaseOrExit (config: Config, log: Logger): Promise<
   }
 }
 
+/**
+ * How migrations run for a service whose database is `databaseUrl`: on
+ * MIGRATIONS_DATABASE_URL when set, and behind a transaction pooler setting
+ * the service role's timeouts (src/db/pooler.ts).
+ */
+export function migrateOptions (config: Config, databaseUrl: string): MigrateOptions {
+  return {
+    connectionString: config.migrationsDatabaseUrl ?? databaseUrl,
+    timeoutMs: config.migrationsTimeoutMs,
+    connectTimeoutMs: config.database.connectTimeoutMs,
+    ...(config.database.pooler === 'transaction'
+      ? { sessionDefaults: { role: roleOf(databaseUrl), statementTimeoutMs: config.database.statementTimeoutMs } }
+      : {})
+  }
+}
+
 /** Applies pending migrations; false (after logging why) when they failed. */
 export async function migrate (config: Config, databaseUrl: string, log: Logger): Promise<boolean> {
   try {
-    const { applied } = await runMigrations({
-      connectionString: databaseUrl,
-      timeoutMs: config.migrationsTimeoutMs,
-      connectTimeoutMs: config.database.connectTimeoutMs
-    })
+    const { applied } = await runMigrations(migrateOptions(config, databaseUrl))
     log.info({ applied }, applied.length === 0 ? 'migrations: up to date' : 'migrations applied')
     return true
   } catch (error) {

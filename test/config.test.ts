@@ -71,7 +71,14 @@ t.test('a missing or bad value is one line naming the variable and what it expec
     [{ DATABASE_URL: url, HOST: 'not a host!' }, /^HOST must be a host name or IP address to listen on \(got "not a host!"\)$/],
     [{ DATABASE_URL: url, HOST: 'http://example.com' }, /^HOST must be a host name or IP address/],
     [{ DATABASE_URL: url, HOST: '[::1]' }, /^HOST must be a host name or IP address/],
-    [{ DATABASE_URL: url, HOST: `${'a'.repeat(64)}.example` }, /^HOST must be a host name or IP address/]
+    [{ DATABASE_URL: url, HOST: `${'a'.repeat(64)}.example` }, /^HOST must be a host name or IP address/],
+    [{ DATABASE_URL: url, DATABASE_POOLER: 'session' }, /^DATABASE_POOLER must be none or transaction \(got "session"\)$/],
+    [{ DATABASE_URL: url, DATABASE_POOLER: 'transaction' }, /^MIGRATIONS_DATABASE_URL is required when DATABASE_POOLER=transaction and MIGRATE_ON_START=true/],
+    [{ DATABASE_URL: url, MIGRATIONS_DATABASE_URL: 'mysql://db/users' }, /^MIGRATIONS_DATABASE_URL must be a PostgreSQL URL/],
+    [{ DATABASE_URL: url, MIGRATIONS_DATABASE_URL: 'postgres://app:pa/ss@db/users' }, /^MIGRATIONS_DATABASE_URL must be .*does not parse as a URL/],
+    [{ DATABASE_URL: url, DATABASE_READ_URL: 'postgres://r1/users,mysql://r2/users' }, /^DATABASE_READ_URL must be one or more PostgreSQL URLs, comma-separated$/],
+    [{ DATABASE_URL: url, DATABASE_READ_URL: 'postgres://r1/users,postgres://app@r2:99999/users' }, /^DATABASE_READ_URL must be .*does not parse as a URL/],
+    [{ DATABASE_URL: url, DATABASE_READ_MAX_LAG_MS: 'soon' }, /^DATABASE_READ_MAX_LAG_MS must be an integer from 0/]
   ]
   for (const [env, expected] of cases) {
     t.throws(() => loadConfig(env), ConfigError)
@@ -83,6 +90,26 @@ t.test('a missing or bad value is one line naming the variable and what it expec
       t.notMatch(message, /\n/, 'one line')
     }
   }
+})
+
+t.test('a pooler, a direct URL for migrations, and read replicas', async (t) => {
+  const plain = loadConfig({ DATABASE_URL: url })
+  t.equal(plain.database.pooler, 'none', 'no pooler unless told')
+  t.equal(plain.migrationsDatabaseUrl, undefined, 'migrations on DATABASE_URL unless told')
+  t.strictSame(plain.database.readUrls, [], 'no replicas unless told')
+  t.equal(plain.database.readMaxLagMs, 1_000)
+
+  const direct = 'postgres://owner@db.internal:5432/users'
+  const pooled = loadConfig({ DATABASE_URL: 'postgres://app@pgbouncer:6432/users', DATABASE_POOLER: 'transaction', MIGRATIONS_DATABASE_URL: direct })
+  t.equal(pooled.database.pooler, 'transaction')
+  t.equal(pooled.database.poolerKeepsPreparedStatements, false, 'statements unnamed unless the pooler keeps them')
+  t.equal(pooled.migrationsDatabaseUrl, direct)
+  t.equal(loadConfig({ DATABASE_URL: url, DATABASE_POOLER: 'transaction', MIGRATE_ON_START: 'false' }).database.pooler, 'transaction',
+    'without migrate-on-start, no direct URL is needed')
+
+  const replicas = loadConfig({ DATABASE_URL: url, DATABASE_READ_URL: 'postgres://app@r1/users,postgres://app@r2:5433/users', DATABASE_READ_MAX_LAG_MS: '250' })
+  t.strictSame(replicas.database.readUrls, ['postgres://app@r1/users', 'postgres://app@r2:5433/users'])
+  t.equal(replicas.database.readMaxLagMs, 250)
 })
 
 t.test('the database password is never echoed', async (t) => {

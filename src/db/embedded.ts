@@ -65,7 +65,7 @@ interface Binaries {
 }
 
 /** The user PostgreSQL runs as when this process is root (it refuses root itself). */
-interface Account {
+export interface Account {
   uid: number
   gid: number
 }
@@ -158,7 +158,7 @@ async function installedBinaries (): Promise<Binaries> {
 let accountLookup: Promise<Account | undefined> | undefined
 
 /** Run as root: the postgres user's ids, the user created first if the machine has none. */
-function postgresAccount (): Promise<Account | undefined> {
+export function postgresAccount (): Promise<Account | undefined> {
   accountLookup ??= (async () => {
     if (userInfo().uid !== 0) return undefined
     try {
@@ -388,7 +388,7 @@ function isAlive (pid: number): boolean {
   }
 }
 
-function freeLoopbackPort (): Promise<number> {
+export function freeLoopbackPort (): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer()
     server.once('error', reject)

@@ -2,6 +2,7 @@ import { readdir } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { migrate } from 'postgres-migrations'
+import { setSessionDefaults, type SessionTimeouts } from './pooler.js'
 
 /** The folder of numbered SQL migrations, beside `src/` and `dist/` alike. */
 export const migrationsDir = fileURLToPath(new URL('../../migrations/', import.meta.url))
@@ -16,6 +17,12 @@ export interface MigrateOptions {
   timeoutMs: number
   connectTimeoutMs: number
   log?: (message: string) => void
+  /**
+   * Behind a transaction pooler: the timeouts the service's role gets as
+   * its defaults in this database (src/db/pooler.ts), since its sessions
+   * cannot ask for them at start-up. `role`: DATABASE_URL's user.
+   */
+  sessionDefaults?: SessionTimeouts & { role: string | undefined }
 }
 
 /**
@@ -43,6 +50,12 @@ export async function runMigrations (options: MigrateOptions): Promise<Migration
 
   try {
     await client.connect()
+    if (options.sessionDefaults !== undefined) {
+      // The role may be this connection's own: a migration is not bound by
+      // the service's statement timeout, whatever the role's defaults.
+      await client.query('SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0')
+      await setSessionDefaults(client, options.sessionDefaults.role, options.sessionDefaults)
+    }
     const done = await migrate({ client }, options.directory ?? migrationsDir, {
       logger: options.log
     })

@@ -1,5 +1,6 @@
 import fastifyPostgres from '@fastify/postgres'
 import fp from 'fastify-plugin'
+import { clientClassFor, startupTimeouts, type Pooler } from '../db/pooler.js'
 import { ReadPipeline, type QueryRunner } from '../db/read-pipeline.js'
 import { databaseTypes } from '../db/types.js'
 
@@ -12,6 +13,9 @@ declare module 'fastify' {
 
 export interface DatabaseOptions {
   connectionString: string
+  /** 'transaction': connectionString is a transaction-mode pooler (src/db/pooler.ts). */
+  pooler: Pooler
+  poolerKeepsPreparedStatements: boolean
   poolMax: number
   connectTimeoutMs: number
   statementTimeoutMs: number
@@ -32,11 +36,9 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
     idleTimeoutMillis: 30_000,
     // The server cancels a slow statement; the client gives up a little
     // later in case the server itself is what stopped answering.
-    statement_timeout: options.statementTimeoutMs,
+    ...startupTimeouts(options.pooler, options),
     query_timeout: options.statementTimeoutMs + 1_000,
-    // A transaction whose connection went silent (a partition, a stalled
-    // client) is aborted by the server rather than holding its locks.
-    idle_in_transaction_session_timeout: options.statementTimeoutMs,
+    Client: clientClassFor(options.pooler, options.poolerKeepsPreparedStatements),
     keepAlive: true,
     application_name: 'users-service',
     types: databaseTypes
@@ -56,7 +58,12 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
     })
   })
 
-  if (options.readPipelineConnections === 0) {
+  // Behind a transaction pooler, reads go through the pool: a pipelined
+  // connection keeps queries in flight back to back, so the pooler could
+  // never hand its server session to another client between them (PgBouncer
+  // before 1.21 does not follow a pipeline's statements either). There the
+  // pooler's own pool is what spares PostgreSQL connections.
+  if (options.readPipelineConnections === 0 || options.pooler === 'transaction') {
     fastify.decorate('reads', fastify.pg.pool)
     return
   }

@@ -14,6 +14,11 @@ export interface IdempotencyOptions {
   ttlSeconds: number
   /** The pause between two purges of expired keys (each goes on until none is left). */
   purgeIntervalMs: number
+  /**
+   * Behind a transaction pooler: the backend to end when settling is learnt
+   * inside each keyed transaction (writes.ts), not from the connection.
+   */
+  behindPooler: boolean
 }
 
 /** Performs a create on `db` and returns the answer to send (and keep). */
@@ -75,7 +80,7 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
           return { kind: 'performed', answer }
         }
         return recordedOutcome(await findKey(client, key), fingerprint)
-      })
+      }, { backendPerTransaction: options.behindPooler })
     } catch (error) {
       if (!(error instanceof WriteOutcomeUnknownError)) throw error
       outcome = await settle(key, fingerprint, error)
@@ -104,7 +109,7 @@ export default fp<IdempotencyOptions>(async function idempotency (fastify, optio
    * client's connection is closed without an answer; see errors.ts).
    */
   async function settle (key: string, fingerprint: string, lost: WriteOutcomeUnknownError): Promise<Outcome> {
-    const gone = await endBackend(pool, lost.backendPid, SETTLE_TIMEOUT_MS).catch(() => false)
+    const gone = await endBackend(pool, lost.backend, SETTLE_TIMEOUT_MS).catch(() => false)
     if (!gone) throw lost
     const record = await findKey(pool, key).catch(() => { throw lost })
     if (record === undefined) throw lost.cause
