@@ -89,7 +89,9 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     poolMax: config.database.poolMax,
     connectTimeoutMs: config.database.connectTimeoutMs,
     statementTimeoutMs: config.database.statementTimeoutMs,
-    readPipelineConnections: config.database.readPipelineConnections
+    readPipelineConnections: config.database.readPipelineConnections,
+    readUrls: config.database.readUrls,
+    readMaxLagMs: config.database.readMaxLagMs
   })
 
   await app.register(loadShedding, config.loadShedding)

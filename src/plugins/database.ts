@@ -2,12 +2,15 @@ import fastifyPostgres from '@fastify/postgres'
 import fp from 'fastify-plugin'
 import { clientClassFor, startupTimeouts, type Pooler } from '../db/pooler.js'
 import { ReadPipeline, type QueryRunner } from '../db/read-pipeline.js'
+import { primaryReaders, type Readers } from '../db/readers.js'
 import { databaseTypes } from '../db/types.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** Where single-statement reads go: the read pipeline when on, else the pool. */
     reads: QueryRunner & { readonly waitingCount: number }
+    /** Reads that a replica may answer (src/db/readers.ts): the primary's `reads` without replicas. */
+    readers: Readers
   }
 }
 
@@ -21,6 +24,9 @@ export interface DatabaseOptions {
   statementTimeoutMs: number
   /** Pipelined connections for reads; 0 sends reads through the pool. */
   readPipelineConnections: number
+  /** Hot standbys for reads (empty: none). */
+  readUrls: string[]
+  readMaxLagMs: number
 }
 
 /**
@@ -65,15 +71,31 @@ export default fp<DatabaseOptions>(async function database (fastify, options) {
   // pooler's own pool is what spares PostgreSQL connections.
   if (options.readPipelineConnections === 0 || options.pooler === 'transaction') {
     fastify.decorate('reads', fastify.pg.pool)
+  } else {
+    const pipeline = new ReadPipeline({
+      connectionString: options.connectionString,
+      connections: options.readPipelineConnections,
+      connectTimeoutMs: options.connectTimeoutMs,
+      statementTimeoutMs: options.statementTimeoutMs,
+      onError: (error) => fastify.log.warn({ err: error }, 'a pipelined read connection failed; the next read opens another')
+    })
+    fastify.decorate('reads', pipeline)
+    fastify.addHook('onClose', () => pipeline.end())
+  }
+
+  if (options.readUrls.length === 0) {
+    fastify.decorate('readers', primaryReaders(fastify.reads))
     return
   }
-  const pipeline = new ReadPipeline({
-    connectionString: options.connectionString,
-    connections: options.readPipelineConnections,
-    connectTimeoutMs: options.connectTimeoutMs,
-    statementTimeoutMs: options.statementTimeoutMs,
-    onError: (error) => fastify.log.warn({ err: error }, 'a pipelined read connection failed; the next read opens another')
+  // Loaded only with replicas: nothing of them costs anything without.
+  const { ReplicaReaders } = await import('../db/replicas.js')
+  const replicas = new ReplicaReaders(fastify.reads, {
+    ...options,
+    urls: options.readUrls,
+    maxLagMs: options.readMaxLagMs,
+    onError: (error, replica) => fastify.log.warn({ err: error, replica }, 'a read replica failed; reads go to the primary until it answers')
   })
-  fastify.decorate('reads', pipeline)
-  fastify.addHook('onClose', () => pipeline.end())
+  await replicas.checkLag()
+  fastify.decorate('readers', replicas)
+  fastify.addHook('onClose', () => replicas.end())
 }, { name: 'database' })

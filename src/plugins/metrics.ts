@@ -46,6 +46,32 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   })
 
+  const readers = fastify.readers
+  if (readers.readsBySource !== undefined) {
+    const bySource = readers.readsBySource
+    const lags = () => readers.lags?.() ?? []
+    const reads = new Counter({
+      name: 'db_reads_total',
+      help: 'Reads that a replica may answer, by where they were answered from (primary or replica)',
+      labelNames: ['source'],
+      registers: [registry],
+      collect () {
+        reads.reset()
+        reads.inc({ source: 'primary' }, bySource.primary)
+        reads.inc({ source: 'replica' }, bySource.replica)
+      }
+    })
+    const lag = new Gauge({
+      name: 'db_replica_lag_seconds',
+      help: 'Each read replica\'s replay lag at its last check; -1 while it is not usable (down, lagging past reach, promoted)',
+      labelNames: ['replica'],
+      registers: [registry],
+      collect () {
+        for (const { replica, lagMs } of lags()) lag.set({ replica }, lagMs === undefined ? -1 : lagMs / 1000)
+      }
+    })
+  }
+
   fastify.addHook('onRequest', async (_request, reply) => {
     inFlight.inc()
     // 'close' comes once whether the answer was sent or the client left.

@@ -2,6 +2,7 @@ import { Readable } from 'node:stream'
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { anyUserExists, insertUser, readAllIdsAndNamesAsJson, type JsonBatch } from '../db/users.js'
+import { missingOrEmpty } from '../db/readers.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
@@ -48,7 +49,7 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: Type.Any({ description: 'There are users' }), ...errorResponses(404, 503) }
     }
   }, async (_request, reply) => {
-    if (!await anyUserExists(fastify.reads)) return sendError(reply, 404, 'Users not found.')
+    if (!await fastify.readers.read((db) => anyUserExists(db), (exists) => !exists)) return sendError(reply, 404, 'Users not found.')
     return reply.type('application/json; charset=utf-8').send()
   })
 
@@ -61,8 +62,12 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: respondsWith(Type.Array(LegacyUserSchema), 'Every user, by id'), ...errorResponses(404, 503) }
     }
   }, async (_request, reply) => {
-    const batches = readAllIdsAndNamesAsJson(fastify.reads)
-    const first = await batches.next()
+    // The first batch tells where the rest is read: a replica that has users
+    // answers the whole list; none there, the primary is asked.
+    const { batches, first } = await fastify.readers.read(async (db) => {
+      const batches = readAllIdsAndNamesAsJson(db)
+      return { batches, first: await batches.next() }
+    }, ({ first }) => missingOrEmpty(first.done === true ? undefined : first.value))
     if (first.done === true) return sendError(reply, 404, 'Users not found.')
     // The batches are JSON text already: a string or stream sent as
     // application/json skips the serializer. A table that fits in one batch

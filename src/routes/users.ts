@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
 import type { FastifyReply } from 'fastify'
 import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
+import { missingOrEmpty, missingOrOlderThanSeen } from '../db/readers.js'
 import { writeOnce } from '../db/writes.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
@@ -49,7 +50,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const { limit, after } = request.query
     // One row more than asked tells whether another page follows.
-    const rows = await listUsersAfter(fastify.reads, after, limit + 1)
+    const rows = await fastify.readers.read((db) => listUsersAfter(db, after, limit + 1), missingOrEmpty)
     const items = rows.slice(0, limit)
     const nextCursor = rows.length > limit ? (items.at(-1)?.id ?? null) : null
     return { items, nextCursor }
@@ -69,10 +70,10 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    const user = await findUserById(fastify.reads, request.params.id)
+    const ifNoneMatch = request.headers['if-none-match']
+    const user = await fastify.readers.read((db) => findUserById(db, request.params.id), missingOrOlderThanSeen(ifNoneMatch))
     if (user === undefined) return sendError(reply, 404, userNotFound(request.params.id))
     reply.header('etag', etagOf(user.version))
-    const ifNoneMatch = request.headers['if-none-match']
     if (ifNoneMatch !== undefined && noneMatchHits(parseTagCondition(ifNoneMatch), user.version)) {
       // Nothing at all, not null: Fastify would serialize null as "null" and
       // send Content-Length: 4, and a 304 may only repeat the 200's length
