@@ -4,7 +4,6 @@ import type { AppConfig } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
 import { clientErrorHandler, routingErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
-import auth from './plugins/auth.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import earlyAnswers from './plugins/early-answers.js'
@@ -96,11 +95,14 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
 
   await app.register(loadShedding, config.loadShedding)
 
-  // Before the docs and the routes: it adds each /api route's check and OpenAPI security.
-  if (config.auth.mode === 'jwt') await app.register(auth, { ...config.auth, production: config.production })
+  // Imported only when on. Before the docs and the routes: it adds each
+  // /api route's check and OpenAPI security.
+  if (config.auth.mode === 'jwt') await app.register((await import('./plugins/auth.js')).default, { ...config.auth, production: config.production })
   else app.log.warn(config.auth.explicit ? 'authentication is off (AUTH_MODE=none)' : AUTH_OFF_IN_DEVELOPMENT)
   if (config.docsEnabled) await app.register(docs, { bearerAuth: config.auth.mode === 'jwt' })
   if (config.metricsEnabled) await app.register(metrics)
+  // After auth (it keys on the token's sub) and metrics (it counts Redis failures).
+  if (config.rateLimit !== undefined) await app.register((await import('./plugins/rate-limit.js')).default, config.rateLimit)
   await app.register(idempotency, {
     ttlSeconds: config.idempotencyKeyTtlSeconds,
     purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS

@@ -72,6 +72,8 @@ export const ConfigSchema = Type.Object({
     description: 'a Redis URL such as redis://redis:6379',
     secret: true
   })),
+  // Keys of the shared counters in Redis: KEY_PREFIX + sub:… or ip:….
+  RATE_LIMIT_REDIS_PREFIX: Type.String({ minLength: 1, default: 'users-service:rate-limit:', description: 'a Redis key prefix' }),
   // Which proxies' X-Forwarded-For to believe (Fastify's trustProxy).
   TRUST_PROXY: Type.Optional(Type.String({
     pattern: '^(true|false|\\d{1,2}|[0-9A-Fa-f.:/]+(,\\s*[0-9A-Fa-f.:/]+)*)$',
@@ -131,6 +133,7 @@ export interface RateLimitConfig {
   windowMs: number
   /** Absent: each process counts on its own. */
   redisUrl: string | undefined
+  redisKeyPrefix: string
 }
 
 export class ConfigError extends Error {
@@ -200,7 +203,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     auth: authConfig(valid),
     rateLimit: valid.RATE_LIMIT_MAX === undefined
       ? undefined
-      : { max: valid.RATE_LIMIT_MAX, windowMs: valid.RATE_LIMIT_WINDOW_MS, redisUrl: valid.REDIS_URL },
+      : { max: valid.RATE_LIMIT_MAX, windowMs: valid.RATE_LIMIT_WINDOW_MS, redisUrl: valid.REDIS_URL, redisKeyPrefix: valid.RATE_LIMIT_REDIS_PREFIX },
     trustProxy: trustProxyOf(valid.TRUST_PROXY)
   }
 }

@@ -162,9 +162,9 @@ t.test('a bad authentication or rate-limit setting is one line naming the variab
 
 t.test('rate limits are off unless RATE_LIMIT_MAX is set; TRUST_PROXY reads as Fastify takes it', async (t) => {
   t.equal(loadConfig({ DATABASE_URL: url }).rateLimit, undefined)
-  t.same(loadConfig({ DATABASE_URL: url, RATE_LIMIT_MAX: '100' }).rateLimit, { max: 100, windowMs: 60_000, redisUrl: undefined })
+  t.same(loadConfig({ DATABASE_URL: url, RATE_LIMIT_MAX: '100' }).rateLimit, { max: 100, windowMs: 60_000, redisUrl: undefined, redisKeyPrefix: 'users-service:rate-limit:' })
   t.same(loadConfig({ DATABASE_URL: url, RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '1000', REDIS_URL: 'redis://r:6379' }).rateLimit,
-    { max: 5, windowMs: 1000, redisUrl: 'redis://r:6379' })
+    { max: 5, windowMs: 1000, redisUrl: 'redis://r:6379', redisKeyPrefix: 'users-service:rate-limit:' })
   t.equal(loadConfig({ DATABASE_URL: url }).trustProxy, false)
   t.equal(loadConfig({ DATABASE_URL: url, TRUST_PROXY: 'true' }).trustProxy, true)
   t.same(loadConfig({ DATABASE_URL: url, TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }).trustProxy, ['10.0.0.0/8', '127.0.0.1'])
