@@ -317,6 +317,8 @@ export async function startService (databaseUrl, label) {
     PORT: String(port),
     DATABASE_URL: databaseUrl,
     MIGRATE_ON_START: 'false',
+    // Open unless a run measures tokens (bench/run.js --auth).
+    AUTH_MODE: 'none',
     // As the image runs it (Dockerfile), unless the caller says otherwise.
     NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4'
   })

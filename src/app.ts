@@ -34,6 +34,8 @@ const CONNECTION_TIMEOUT_MS = 60_000
 // 30 s by default: a limit of 10 s held as 10 to 40. Once a second, it holds.
 const CONNECTIONS_CHECK_INTERVAL_MS = 1_000
 const IDEMPOTENCY_PURGE_INTERVAL_MS = 5 * 60_000
+const AUTH_OFF_IN_DEVELOPMENT = 'authentication is off: no AUTH_JWKS_URL or AUTH_PUBLIC_KEY is set ' +
+  '(development only; NODE_ENV=production refuses to start so)'
 
 export interface AppOverrides {
   /** Replaces the logger options built from the config (tests pass `false`). */
@@ -71,7 +73,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
     // reason and request id), not Fastify's bare 503; see graceful-close.
     return503OnClosing: false,
     schemaErrorFormatter: (errors, dataVar) => new Error(describeValidationErrors(errors, dataVar)),
-    clientErrorHandler
+    clientErrorHandler,
+    trustProxy: config.trustProxy
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   app.setValidatorCompiler(validatorCompiler)
@@ -96,8 +99,14 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
 
   await app.register(loadShedding, config.loadShedding)
 
-  if (config.docsEnabled) await app.register(docs)
+  // Imported only when on. Before the docs and the routes: it adds each
+  // /api route's check and OpenAPI security.
+  if (config.auth.mode === 'jwt') await app.register((await import('./plugins/auth.js')).default, { ...config.auth, production: config.production })
+  else app.log.warn(config.auth.explicit ? 'authentication is off (AUTH_MODE=none)' : AUTH_OFF_IN_DEVELOPMENT)
+  if (config.docsEnabled) await app.register(docs, { bearerAuth: config.auth.mode === 'jwt' })
   if (config.metricsEnabled) await app.register(metrics)
+  // After auth (it keys on the token's sub) and metrics (it counts Redis failures).
+  if (config.rateLimit !== undefined) await app.register((await import('./plugins/rate-limit.js')).default, config.rateLimit)
   await app.register(idempotency, {
     ttlSeconds: config.idempotencyKeyTtlSeconds,
     purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS,

@@ -1,3 +1,4 @@
+import { createPublicKey } from 'node:crypto'
 import { isIP } from 'node:net'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
@@ -70,7 +71,36 @@ export const ConfigSchema = Type.Object({
   METRICS_ENABLED: boolean(true),
   DOCS_ENABLED: boolean(true),
   // The contract keeps keys at least 24 hours.
-  IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400)
+  IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400),
+  // Authentication (src/plugins/auth.ts): on when a key source is set.
+  AUTH_MODE: Type.Optional(Type.Union([Type.Literal('jwt'), Type.Literal('none')], {
+    description: 'jwt or none'
+  })),
+  AUTH_JWKS_URL: Type.Optional(Type.String({
+    pattern: '^https?://',
+    description: 'an http(s) URL of a JSON Web Key Set, such as https://issuer.example/.well-known/jwks.json'
+  })),
+  AUTH_PUBLIC_KEY: Type.Optional(Type.String({
+    minLength: 1,
+    description: 'one PEM public key (-----BEGIN PUBLIC KEY-----): RSA, EC P-256 or Ed25519'
+  })),
+  AUTH_ISSUER: Type.Optional(Type.String({ minLength: 1, description: 'the tokens\' issuer (their iss claim)' })),
+  AUTH_AUDIENCE: Type.Optional(Type.String({ minLength: 1, description: 'this service\'s name in the tokens\' aud claim' })),
+  // Rate limits (src/plugins/rate-limit.ts): off unless RATE_LIMIT_MAX is set.
+  RATE_LIMIT_MAX: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000_000, description: 'an integer from 1 to 1000000000' })),
+  RATE_LIMIT_WINDOW_MS: integer(1_000, 86_400_000, 60_000),
+  REDIS_URL: Type.Optional(Type.String({
+    pattern: '^rediss?://',
+    description: 'a Redis URL such as redis://redis:6379',
+    secret: true
+  })),
+  // Keys of the shared counters in Redis: KEY_PREFIX + sub:… or ip:….
+  RATE_LIMIT_REDIS_PREFIX: Type.String({ minLength: 1, default: 'users-service:rate-limit:', description: 'a Redis key prefix' }),
+  // Which proxies' X-Forwarded-For to believe (Fastify's trustProxy).
+  TRUST_PROXY: Type.Optional(Type.String({
+    pattern: '^(true|false|\\d{1,2}|[0-9A-Fa-f.:/]+(,\\s*[0-9A-Fa-f.:/]+)*)$',
+    description: 'true, false, a number of proxy hops, or comma-separated proxy addresses or CIDR ranges'
+  }))
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -116,6 +146,25 @@ export interface Config {
   metricsEnabled: boolean
   /** Serve GET /docs and /docs/json. */
   docsEnabled: boolean
+  auth: AuthConfig
+  /** Absent: no rate limits. */
+  rateLimit: RateLimitConfig | undefined
+  /** Fastify's trustProxy: whose X-Forwarded-For gives the client address. */
+  trustProxy: boolean | string[] | ((address: string, hop: number) => boolean)
+}
+
+/** Bearer tokens checked with a JWKS endpoint's keys or one public key; or no checks. */
+export type AuthConfig =
+  | { mode: 'jwt', keys: { jwksUrl: string } | { publicKey: string }, issuer: string, audience: string }
+  /** `explicit`: AUTH_MODE=none was set, rather than nothing at all. */
+  | { mode: 'none', explicit: boolean }
+
+export interface RateLimitConfig {
+  max: number
+  windowMs: number
+  /** Absent: each process counts on its own. */
+  redisUrl: string | undefined
+  redisKeyPrefix: string
 }
 
 export class ConfigError extends Error {
@@ -168,6 +217,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   // Caught here, before anything starts; whether the host is one of this
   // machine's and the port is free is known only by binding (startup.ts).
   if (!isHostName(valid.HOST) && isIP(valid.HOST) === 0) throw new ConfigError(describeProblem('HOST', valid.HOST))
+  if (valid.AUTH_JWKS_URL !== undefined && !URL.canParse(valid.AUTH_JWKS_URL)) {
+    throw new ConfigError(describeProblem('AUTH_JWKS_URL', valid.AUTH_JWKS_URL))
+  }
   return {
     databaseUrl: valid.DATABASE_URL,
     embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,
@@ -197,8 +249,66 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS,
     webConcurrency: valid.WEB_CONCURRENCY,
     metricsEnabled: valid.METRICS_ENABLED,
-    docsEnabled: valid.DOCS_ENABLED
+    docsEnabled: valid.DOCS_ENABLED,
+    auth: authConfig(valid),
+    rateLimit: valid.RATE_LIMIT_MAX === undefined
+      ? undefined
+      : { max: valid.RATE_LIMIT_MAX, windowMs: valid.RATE_LIMIT_WINDOW_MS, redisUrl: valid.REDIS_URL, redisKeyPrefix: valid.RATE_LIMIT_REDIS_PREFIX },
+    trustProxy: trustProxyOf(valid.TRUST_PROXY)
   }
+}
+
+/**
+ * What the service needs to serve, beyond what loadConfig checks (which
+ * `npm run migrate` shares): in production, an explicit word on who may call.
+ */
+export function checkServingConfig (config: Config): void {
+  if (config.production && config.auth.mode === 'none' && !config.auth.explicit) {
+    throw new ConfigError('AUTH_JWKS_URL or AUTH_PUBLIC_KEY (with AUTH_ISSUER and AUTH_AUDIENCE) is required when ' +
+      'NODE_ENV=production; set AUTH_MODE=none to serve without authentication')
+  }
+}
+
+/** Any AUTH_ setting but AUTH_MODE=none asks for tokens, so it must be whole. */
+function authConfig (valid: Env): AuthConfig {
+  if (valid.AUTH_MODE === 'none') return { mode: 'none', explicit: true }
+  const { AUTH_JWKS_URL: jwksUrl, AUTH_PUBLIC_KEY: publicKey, AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience } = valid
+  const anySet = [jwksUrl, publicKey, issuer, audience].some((value) => value !== undefined)
+  if (valid.AUTH_MODE === undefined && !anySet) return { mode: 'none', explicit: false }
+  if (jwksUrl !== undefined && publicKey !== undefined) {
+    throw new ConfigError('AUTH_JWKS_URL and AUTH_PUBLIC_KEY are both set: set only one key source')
+  }
+  if (jwksUrl === undefined && publicKey === undefined) {
+    throw new ConfigError('AUTH_JWKS_URL or AUTH_PUBLIC_KEY is required for bearer tokens (or set AUTH_MODE=none)')
+  }
+  if (issuer === undefined) throw new ConfigError(describeProblem('AUTH_ISSUER', undefined))
+  if (audience === undefined) throw new ConfigError(describeProblem('AUTH_AUDIENCE', undefined))
+  const keys = jwksUrl !== undefined ? { jwksUrl } : { publicKey: publicKeyPem(publicKey ?? '') }
+  return { mode: 'jwt', keys, issuer, audience }
+}
+
+/** The PEM text (`\n` escapes allowed, as one-line env files need), once Node reads it as a key we take. */
+function publicKeyPem (given: string): string {
+  const pem = given.replaceAll('\\n', '\n').trim()
+  let details: { type: string | undefined, curve: string | undefined } | undefined
+  try {
+    const key = createPublicKey(pem)
+    details = { type: key.asymmetricKeyType, curve: key.asymmetricKeyDetails?.namedCurve }
+  } catch {}
+  // ES256 is P-256's only algorithm; RS256 and EdDSA take any RSA or Ed25519 key.
+  const accepted = pem.startsWith('-----BEGIN PUBLIC KEY-----') && details !== undefined && (details.type === 'rsa' || details.type === 'ed25519' ||
+    (details.type === 'ec' && details.curve === 'prime256v1'))
+  // The key is not echoed: it spans lines, and start-up's answer is one.
+  if (!accepted) throw new ConfigError(`AUTH_PUBLIC_KEY must be ${String(ConfigSchema.properties.AUTH_PUBLIC_KEY.description)}`)
+  return pem
+}
+
+function trustProxyOf (value: string | undefined): Config['trustProxy'] {
+  if (value === undefined || value === 'false') return false
+  if (value === 'true') return true
+  // N hops: the Nth address from the right of X-Forwarded-For is the client's.
+  if (/^\d+$/.test(value)) return (_address, hop) => hop < Number(value)
+  return value.split(',').map((address) => address.trim())
 }
 
 /**

@@ -1,7 +1,7 @@
 // The service's entry point: read the configuration once, then serve in this
 // process, or, with WEB_CONCURRENCY > 1, as the primary of a cluster.
 import cluster from 'node:cluster'
-import { ConfigError, loadConfig, type Config } from './config.js'
+import { checkServingConfig, ConfigError, loadConfig, type Config } from './config.js'
 import { createLogger } from './logger.js'
 import { runPrimary } from './primary.js'
 import { serve } from './serve.js'
@@ -10,6 +10,7 @@ import { checkCanListenOrExit } from './startup.js'
 let config: Config
 try {
   config = loadConfig()
+  checkServingConfig(config)
 } catch (error) {
   if (!(error instanceof ConfigError)) throw error
   console.error(`invalid configuration: ${error.message}`)

@@ -1,5 +1,6 @@
 import t from 'tap'
-import { ConfigError, loadConfig } from '../src/config.js'
+import { generateKeyPairSync } from 'node:crypto'
+import { checkServingConfig, ConfigError, loadConfig } from '../src/config.js'
 
 const url = 'postgres://app:s3cret@db.internal:5432/users'
 
@@ -125,4 +126,75 @@ t.test('the database password is never echoed', async (t) => {
   } catch (error) {
     t.notMatch((error as Error).message, /hunter2/, 'nor when the URL does not parse')
   }
+})
+
+t.test('authentication: off in development when nothing is set, on with a key source, issuer and audience', async (t) => {
+  const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString()
+  t.same(loadConfig({ DATABASE_URL: url }).auth, { mode: 'none', explicit: false })
+  t.same(loadConfig({ DATABASE_URL: url, AUTH_MODE: 'none', AUTH_ISSUER: 'x' }).auth, { mode: 'none', explicit: true }, 'AUTH_MODE=none wins')
+  const jwks = { AUTH_JWKS_URL: 'https://issuer.example/jwks', AUTH_ISSUER: 'https://issuer.example', AUTH_AUDIENCE: 'users' }
+  t.same(loadConfig({ DATABASE_URL: url, ...jwks }).auth,
+    { mode: 'jwt', keys: { jwksUrl: 'https://issuer.example/jwks' }, issuer: 'https://issuer.example', audience: 'users' })
+  const key = { AUTH_PUBLIC_KEY: pem.replaceAll('\n', '\\n'), AUTH_ISSUER: 'i', AUTH_AUDIENCE: 'a' }
+  t.same(loadConfig({ DATABASE_URL: url, ...key }).auth, { mode: 'jwt', keys: { publicKey: pem.trim() }, issuer: 'i', audience: 'a' },
+    'a PEM key with \\n escapes, as one-line env files hold it')
+})
+
+t.test('production needs a key source or AUTH_MODE=none to serve, but not to migrate', async (t) => {
+  const production = { NODE_ENV: 'production', DATABASE_URL: url }
+  t.doesNotThrow(() => loadConfig(production), 'npm run migrate reads the same settings and needs no issuer')
+  t.throws(() => checkServingConfig(loadConfig(production)),
+    new ConfigError('AUTH_JWKS_URL or AUTH_PUBLIC_KEY (with AUTH_ISSUER and AUTH_AUDIENCE) is required when NODE_ENV=production; ' +
+      'set AUTH_MODE=none to serve without authentication'))
+  t.doesNotThrow(() => checkServingConfig(loadConfig({ ...production, AUTH_MODE: 'none' })))
+  t.doesNotThrow(() => checkServingConfig(loadConfig({ ...production, AUTH_JWKS_URL: 'https://i/jwks', AUTH_ISSUER: 'i', AUTH_AUDIENCE: 'a' })))
+  t.doesNotThrow(() => checkServingConfig(loadConfig({ DATABASE_URL: url })), 'development runs open')
+})
+
+t.test('a bad authentication or rate-limit setting is one line naming the variable', async (t) => {
+  const { publicKey: rsa } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+  const { publicKey: p384 } = generateKeyPairSync('ec', { namedCurve: 'P-384' })
+  const { privateKey } = generateKeyPairSync('ed25519')
+  const full = { AUTH_ISSUER: 'i', AUTH_AUDIENCE: 'a' }
+  const cases: Array<[NodeJS.ProcessEnv, RegExp]> = [
+    [{ AUTH_MODE: 'off' }, /^AUTH_MODE must be jwt or none \(got "off"\)$/],
+    [{ AUTH_MODE: 'jwt' }, /^AUTH_JWKS_URL or AUTH_PUBLIC_KEY is required/],
+    [{ AUTH_AUDIENCE: 'a' }, /^AUTH_JWKS_URL or AUTH_PUBLIC_KEY is required/],
+    [{ AUTH_JWKS_URL: 'ftp://issuer/jwks', ...full }, /^AUTH_JWKS_URL must be an http\(s\) URL/],
+    [{ AUTH_JWKS_URL: 'https://issuer:99999/jwks', ...full }, /^AUTH_JWKS_URL must be an http\(s\) URL/],
+    [{ AUTH_JWKS_URL: 'https://issuer/jwks', AUTH_AUDIENCE: 'a' }, /^AUTH_ISSUER is required/],
+    [{ AUTH_JWKS_URL: 'https://issuer/jwks', AUTH_ISSUER: 'i' }, /^AUTH_AUDIENCE is required/],
+    [{ AUTH_JWKS_URL: 'https://issuer/jwks', AUTH_PUBLIC_KEY: rsa.export({ type: 'spki', format: 'pem' }).toString(), ...full },
+      /^AUTH_JWKS_URL and AUTH_PUBLIC_KEY are both set/],
+    [{ AUTH_PUBLIC_KEY: 'not a key', ...full }, /^AUTH_PUBLIC_KEY must be one PEM public key/],
+    [{ AUTH_PUBLIC_KEY: p384.export({ type: 'spki', format: 'pem' }).toString(), ...full }, /^AUTH_PUBLIC_KEY must be .*EC P-256/],
+    [{ AUTH_PUBLIC_KEY: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), ...full }, /^AUTH_PUBLIC_KEY must be one PEM public key/],
+    [{ RATE_LIMIT_MAX: '0' }, /^RATE_LIMIT_MAX must be an integer from 1/],
+    [{ RATE_LIMIT_MAX: '10', RATE_LIMIT_WINDOW_MS: '10' }, /^RATE_LIMIT_WINDOW_MS must be an integer from 1000/],
+    [{ REDIS_URL: 'http://redis:6379' }, /^REDIS_URL must be a Redis URL/],
+    [{ TRUST_PROXY: 'yes' }, /^TRUST_PROXY must be true, false, a number of proxy hops/]
+  ]
+  for (const [env, expected] of cases) {
+    try {
+      loadConfig({ DATABASE_URL: url, ...env })
+      t.fail(`should have thrown: ${JSON.stringify(env)}`)
+    } catch (error) {
+      t.type(error, ConfigError)
+      t.match((error as Error).message, expected, JSON.stringify(env))
+      t.notMatch((error as Error).message, /\n/, 'one line')
+    }
+  }
+})
+
+t.test('rate limits are off unless RATE_LIMIT_MAX is set; TRUST_PROXY reads as Fastify takes it', async (t) => {
+  t.equal(loadConfig({ DATABASE_URL: url }).rateLimit, undefined)
+  t.same(loadConfig({ DATABASE_URL: url, RATE_LIMIT_MAX: '100' }).rateLimit, { max: 100, windowMs: 60_000, redisUrl: undefined, redisKeyPrefix: 'users-service:rate-limit:' })
+  t.same(loadConfig({ DATABASE_URL: url, RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '1000', REDIS_URL: 'redis://r:6379' }).rateLimit,
+    { max: 5, windowMs: 1000, redisUrl: 'redis://r:6379', redisKeyPrefix: 'users-service:rate-limit:' })
+  t.equal(loadConfig({ DATABASE_URL: url }).trustProxy, false)
+  t.equal(loadConfig({ DATABASE_URL: url, TRUST_PROXY: 'true' }).trustProxy, true)
+  t.same(loadConfig({ DATABASE_URL: url, TRUST_PROXY: '10.0.0.0/8, 127.0.0.1' }).trustProxy, ['10.0.0.0/8', '127.0.0.1'])
+  const hops = loadConfig({ DATABASE_URL: url, TRUST_PROXY: '1' }).trustProxy as (address: string, hop: number) => boolean
+  t.same([hops('10.0.0.1', 0), hops('10.0.0.2', 1)], [true, false], 'one hop: the nearest proxy is trusted, no further')
 })

@@ -170,7 +170,11 @@ t.test('SIGINT also shuts down with exit code 0', CASE(), async (t) => {
 t.test('a bad configuration exits 1 with one line on stderr naming the variable', CASE(), async (t) => {
   const cases: Array<[string, Record<string, string>, RegExp]> = [
     ['PORT=abc', { DATABASE_URL: UNREACHABLE_DATABASE, HOST: '127.0.0.1', PORT: 'abc' }, /PORT must be an integer/],
-    ['no DATABASE_URL in production', { NODE_ENV: 'production', HOST: '127.0.0.1', PORT: '0' }, /DATABASE_URL is required when NODE_ENV=production/]
+    ['no DATABASE_URL in production', { NODE_ENV: 'production', AUTH_MODE: 'none', HOST: '127.0.0.1', PORT: '0' }, /DATABASE_URL is required when NODE_ENV=production/],
+    ['no key source in production', { NODE_ENV: 'production', DATABASE_URL: UNREACHABLE_DATABASE, HOST: '127.0.0.1', PORT: '0' },
+      /AUTH_JWKS_URL or AUTH_PUBLIC_KEY .*required when NODE_ENV=production; set AUTH_MODE=none/],
+    ['AUTH_ISSUER without a key source', { DATABASE_URL: UNREACHABLE_DATABASE, AUTH_ISSUER: 'https://issuer.example', HOST: '127.0.0.1', PORT: '0' },
+      /AUTH_JWKS_URL or AUTH_PUBLIC_KEY is required/]
   ]
   const runs = cases.map(([, env]) => spawnDist(t, 'server.js', env))
   for (const [index, [name, , expected]] of cases.entries()) {

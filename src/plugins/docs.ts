@@ -10,7 +10,12 @@ const { version } = createRequire(import.meta.url)('../../package.json') as { ve
  * and a page to read it (`GET /docs`). Registered before the routes, since
  * it collects each route as it is added.
  */
-export default fp(async function docs (fastify) {
+export interface DocsOptions {
+  /** Declare the bearer scheme (each operation names its scope: plugins/auth.ts). */
+  bearerAuth: boolean
+}
+
+export default fp<DocsOptions>(async function docs (fastify, options) {
   await fastify.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -27,8 +32,10 @@ export default fp(async function docs (fastify) {
         { name: 'legacy', description: 'The original Flask service\'s routes, kept for its clients; deprecated' },
         { name: 'operations', description: 'Probes and metrics' }
       ],
-      // No authentication: the service sits behind the platform's gateway.
-      security: []
+      ...(options.bearerAuth
+        ? { components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'A JWT from the configured issuer, with users:read or users:write in scope or scp' } } } }
+        // No authentication (AUTH_MODE=none): the network in front decides who calls.
+        : { security: [] })
     }
   })
   await fastify.register(swaggerUi, { routePrefix: '/docs' })

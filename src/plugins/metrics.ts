@@ -13,6 +13,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
+  // Plugins registered later add their own series (rate-limit.ts).
+  fastify.decorate('metricsRegistry', registry)
 
   const labelNames = ['method', 'route', 'status_code'] as const
   const requests = new Counter({
@@ -105,6 +107,13 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (_request, reply) => {
     return reply.type(registry.contentType).send(await registry.metrics())
   })
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The registry behind GET /metrics; present when METRICS_ENABLED. */
+    metricsRegistry: Registry
+  }
 }
 
 export default fp(metrics, { name: 'metrics', dependencies: ['database', 'router-refusals'] })

@@ -13,20 +13,26 @@ export type ErrorBody = Static<typeof ErrorResponse>
 // What each status means here, for the OpenAPI document.
 const meanings: Record<number, string> = {
   400: 'Invalid input; the message names the field or header at fault',
+  401: 'No bearer token, or one that is not valid (see WWW-Authenticate)',
+  403: 'The bearer token lacks the scope this operation needs (see WWW-Authenticate)',
   404: 'No such user',
   409: 'The email is taken by another user (or, rarely, an Idempotency-Key is still in progress)',
   412: 'If-Match does not name the user\'s current ETag; nothing changed',
   413: 'The body is over 16 KiB',
   415: 'The body is not application/json',
   422: 'The Idempotency-Key was already used with a different request',
+  429: 'Over the rate limit; retry after Retry-After seconds',
   500: 'A bug; the message says nothing of the internals',
-  503: 'The database is unavailable, the change kept colliding with concurrent changes, or the service is shutting down; nothing was written; retry after Retry-After seconds'
+  503: 'The database is unavailable, the change kept colliding with concurrent changes, the service is shutting down, or a token\'s signing key cannot be fetched; nothing was written; retry after Retry-After seconds'
 }
 
 function errorResponse (status: number): TObject {
   const schema: TObject = { ...ErrorResponse, description: `${STATUS_CODES[status] ?? 'Error'}: ${meanings[status] ?? ''}` }
-  if (status === 503) {
+  if (status === 503 || status === 429) {
     Object.assign(schema, { headers: { 'Retry-After': { type: 'string', description: 'Seconds to wait before retrying' } } })
+  }
+  if (status === 401 || status === 403) {
+    Object.assign(schema, { headers: { 'WWW-Authenticate': { type: 'string', description: 'Bearer realm="users", with error= and a description or the scope needed' } } })
   }
   return schema
 }
