@@ -48,7 +48,28 @@ export const ConfigSchema = Type.Object({
   METRICS_ENABLED: boolean(true),
   DOCS_ENABLED: boolean(true),
   // The contract keeps keys at least 24 hours.
-  IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400)
+  IDEMPOTENCY_KEY_TTL_SECONDS: integer(86_400, 30 * 86_400, 86_400),
+  // User events (transactional outbox to RabbitMQ): on only with a broker URL.
+  EVENTS_AMQP_URL: Type.Optional(Type.String({
+    pattern: '^amqps?://',
+    description: 'an AMQP URL such as amqp://user:password@host:5672',
+    secret: true
+  })),
+  EVENTS_EXCHANGE: Type.String({
+    minLength: 1,
+    maxLength: 255,
+    default: 'users',
+    description: 'an exchange name of 1 to 255 characters'
+  }),
+  EVENTS_SOURCE: Type.String({
+    minLength: 1,
+    default: '/users-service',
+    description: 'a CloudEvents source (a URI reference such as /users-service)'
+  }),
+  // Sent events are kept this long (for looking into), then pruned.
+  EVENTS_RETENTION_SECONDS: integer(0, 30 * 86_400, 86_400),
+  // How often the relay looks for events other replicas wrote; its own it sends at once.
+  EVENTS_POLL_INTERVAL_MS: integer(10, 60_000, 500)
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -85,6 +106,16 @@ export interface Config {
   metricsEnabled: boolean
   /** Serve GET /docs and /docs/json. */
   docsEnabled: boolean
+  /** User events through the outbox; absent when EVENTS_AMQP_URL is not set. */
+  events: EventsConfig | undefined
+}
+
+export interface EventsConfig {
+  amqpUrl: string
+  exchange: string
+  source: string
+  retentionSeconds: number
+  pollIntervalMs: number
 }
 
 export class ConfigError extends Error {
@@ -123,6 +154,10 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   // Caught here, before anything starts; whether the host is one of this
   // machine's and the port is free is known only by binding (startup.ts).
   if (!isHostName(valid.HOST) && isIP(valid.HOST) === 0) throw new ConfigError(describeProblem('HOST', valid.HOST))
+  if (valid.EVENTS_AMQP_URL !== undefined && !URL.canParse(valid.EVENTS_AMQP_URL)) {
+    throw new ConfigError(`${describeProblem('EVENTS_AMQP_URL', valid.EVENTS_AMQP_URL)}; this one does not parse as a URL ` +
+      '(percent-encode special characters in the user name and password)')
+  }
   return {
     databaseUrl: valid.DATABASE_URL,
     embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,
@@ -147,7 +182,16 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS,
     webConcurrency: valid.WEB_CONCURRENCY,
     metricsEnabled: valid.METRICS_ENABLED,
-    docsEnabled: valid.DOCS_ENABLED
+    docsEnabled: valid.DOCS_ENABLED,
+    events: valid.EVENTS_AMQP_URL === undefined
+      ? undefined
+      : {
+          amqpUrl: valid.EVENTS_AMQP_URL,
+          exchange: valid.EVENTS_EXCHANGE,
+          source: valid.EVENTS_SOURCE,
+          retentionSeconds: valid.EVENTS_RETENTION_SECONDS,
+          pollIntervalMs: valid.EVENTS_POLL_INTERVAL_MS
+        }
   }
 }
 

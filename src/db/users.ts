@@ -1,6 +1,7 @@
 // Every SQL statement of the users resource, hand-written and parameterized.
 // Hot statements are named, so each connection prepares them once.
 import type { User } from '../schemas/users.js'
+import { withEvent, type EventContext } from './outbox.js'
 import type { QueryRunner } from './read-pipeline.js'
 
 /** A user as the API shows it, plus the version its ETag comes from. */
@@ -13,6 +14,8 @@ const API_COLUMNS = `id, name, email,
   to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "updatedAt"`
 // Plus the version, where the answer carries an ETag.
 const USER_COLUMNS = `${API_COLUMNS}, version`
+// The same columns, as named once returned by a statement.
+const USER_NAMES = 'id, name, email, "createdAt", "updatedAt", version'
 
 const SQL = {
   insert: `INSERT INTO users (name, email) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`,
@@ -30,6 +33,7 @@ const SQL = {
     WHERE id = $1 AND ($5::bigint[] IS NULL OR version = ANY ($5::bigint[]))
     RETURNING ${USER_COLUMNS}`,
   delete: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))',
+  deleteReturning: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[])) RETURNING id, version',
   // Keyset batches: each is a statement of its own on any connection, so
   // the statement timeout bounds every batch rather than the download, and
   // no connection is held while a slow client reads. PostgreSQL writes each
@@ -41,10 +45,24 @@ const SQL = {
     FROM (SELECT id, name FROM users WHERE id > $1 ORDER BY id LIMIT $2) batch`,
   anyExists: 'SELECT EXISTS (SELECT 1 FROM users) AS "exists"'
 } as const
+// The writes that also record their event in the outbox (events on): the
+// same statements, each with its outbox row, so still one round trip. The
+// last parameter is the traceparent.
+const WITH_EVENT = {
+  insert: withEvent(SQL.insert, 'user.created', USER_NAMES, 3),
+  update: withEvent(SQL.update, 'user.updated', USER_NAMES, 6),
+  delete: withEvent(SQL.deleteReturning, 'user.deleted', 'id', 3)
+} as const
 const BATCH_SIZE = 1_000
 
-export async function insertUser (db: QueryRunner, name: string, email: string | null): Promise<UserRow> {
-  const { rows } = await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
+/**
+ * Each write takes `event`: absent, it runs as it always did; given (events
+ * on), the same statement also writes the change's event to the outbox.
+ */
+export async function insertUser (db: QueryRunner, name: string, email: string | null, event?: EventContext): Promise<UserRow> {
+  const { rows } = await db.query<UserRow>(event === undefined
+    ? { name: 'users.insert', text: SQL.insert, values: [name, email] }
+    : { name: 'users.insert-with-event', text: WITH_EVENT.insert, values: [name, email, event.traceparent] })
   return rows[0] as UserRow
 }
 
@@ -69,18 +87,19 @@ export interface UserChanges {
  * Applies the changes if the user exists and, when `versions` is given, is
  * at one of them. Returns the changed user, or undefined for neither.
  */
-export async function updateUser (db: QueryRunner, id: number, changes: UserChanges, versions: number[] | null): Promise<UserRow | undefined> {
-  const { rows } = await db.query<UserRow>({
-    name: 'users.update',
-    text: SQL.update,
-    values: [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null, versions]
-  })
+export async function updateUser (db: QueryRunner, id: number, changes: UserChanges, versions: number[] | null, event?: EventContext): Promise<UserRow | undefined> {
+  const values = [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null, versions]
+  const { rows } = await db.query<UserRow>(event === undefined
+    ? { name: 'users.update', text: SQL.update, values }
+    : { name: 'users.update-with-event', text: WITH_EVENT.update, values: [...values, event.traceparent] })
   return rows[0]
 }
 
 /** Whether a user was deleted (it existed and, given `versions`, was at one of them). */
-export async function deleteUser (db: QueryRunner, id: number, versions: number[] | null): Promise<boolean> {
-  const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id, versions] })
+export async function deleteUser (db: QueryRunner, id: number, versions: number[] | null, event?: EventContext): Promise<boolean> {
+  const { rowCount } = await db.query(event === undefined
+    ? { name: 'users.delete', text: SQL.delete, values: [id, versions] }
+    : { name: 'users.delete-with-event', text: WITH_EVENT.delete, values: [id, versions, event.traceparent] })
   return rowCount === 1
 }
 

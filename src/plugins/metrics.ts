@@ -4,6 +4,13 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Where other plugins add their metrics (present when METRICS_ENABLED). */
+    metricsRegistry: Registry
+  }
+}
+
 /**
  * `GET /metrics` in Prometheus text format, through prom-client: requests
  * by route template (never the raw URL, which would make a series per id)
@@ -13,6 +20,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry })
+  fastify.decorate('metricsRegistry', registry)
 
   const labelNames = ['method', 'route', 'status_code'] as const
   const requests = new Counter({
