@@ -1,6 +1,7 @@
-// The SQL of the event outbox (migrations/4_create-event-outbox.sql): how a
-// write records its event in the same statement, and what the relay reads,
-// marks and prunes. Nothing here talks to the broker (outbox-relay.ts does).
+// The SQL of the event outbox (migrations/4_create-event-outbox.sql) that
+// the relay reads, marks and prunes. Writes record their events in their
+// own statements (src/db/users.ts). Nothing here talks to the broker
+// (outbox-relay.ts does).
 import type { QueryRunner } from './read-pipeline.js'
 
 export type UserEventType = 'user.created' | 'user.updated' | 'user.deleted'
@@ -9,34 +10,6 @@ export type UserEventType = 'user.created' | 'user.updated' | 'user.deleted'
 export interface EventContext {
   /** W3C trace context of the request, carried by the event when present. */
   traceparent: string | null
-}
-
-/** The user after the change, as the API shows it, plus its version. */
-const USER_DATA = 'jsonb_build_object(\'id\', id, \'name\', name, \'email\', email, ' +
-  '\'createdAt\', "createdAt", \'updatedAt\', "updatedAt", \'version\', version)'
-
-/** What the event's data and version are, from the columns a statement returns. */
-const EVENT_FIELDS: Record<UserEventType, { data: string, version: string }> = {
-  'user.created': { data: USER_DATA, version: 'version' },
-  'user.updated': { data: USER_DATA, version: 'version' },
-  // A delete is a change of its own: one past the user's last version.
-  'user.deleted': { data: 'jsonb_build_object(\'id\', id)', version: 'version + 1' }
-}
-
-/**
- * `statement` (an INSERT, UPDATE or DELETE … RETURNING `returning`) made to
- * record its event in the same statement, hence the same transaction: a
- * data-modifying CTE. Its answer is `returning` of the changed rows, as
- * before; the traceparent is parameter number `traceparentParameter`.
- */
-export function withEvent (statement: string, type: UserEventType, returning: string, traceparentParameter: number): string {
-  const { data, version } = EVENT_FIELDS[type]
-  return `WITH changed AS (${statement}),
-    event AS (
-      INSERT INTO event_outbox (type, user_id, user_version, data, traceparent)
-      SELECT '${type}', id, ${version}, ${data}, $${traceparentParameter}::text FROM changed
-    )
-    SELECT ${returning} FROM changed`
 }
 
 /** An event the relay has claimed, as the outbox holds it. */
