@@ -2,10 +2,14 @@
 // (127.0.0.1:5672, guest/guest). Each test publishes to an exchange of its
 // own, which a consumer of the test binds a queue to before any write.
 import { randomBytes } from 'node:crypto'
+import { readFile } from 'node:fs/promises'
+import { Ajv } from 'ajv'
+import addFormats from 'ajv-formats'
 import amqp, { type ConsumeMessage } from 'amqplib'
 import type { FastifyInstance } from 'fastify'
 import type pg from 'pg'
 import t, { type Test } from 'tap'
+import { parse } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { buildTestApp, createTestDatabase, testConfig } from './helper.js'
 import { spawnDist, within, type LogLine } from './spawn.js'
@@ -71,6 +75,19 @@ async function outboxRows (db: pg.Pool): Promise<Array<{ eventId: string, type: 
 async function post (app: FastifyInstance, url: string, payload: object, headers: Record<string, string> = {}): Promise<{ status: number, body: any, headers: Record<string, unknown> }> {
   const response = await app.inject({ method: 'POST', url, payload, headers })
   return { status: response.statusCode, body: response.json(), headers: response.headers }
+}
+
+/** The AsyncAPI document's payload schema of each event type. */
+async function payloadSchemas (): Promise<Record<string, (event: unknown) => boolean>> {
+  const document = parse(await readFile(new URL('../docs/asyncapi.yaml', import.meta.url), 'utf8'))
+  // The document is more than a schema: unknown keywords are its other parts.
+  const ajv = addFormats.default(new Ajv({ strict: false, allErrors: true }), ['uuid', 'date-time'])
+  ajv.addSchema(document, 'asyncapi')
+  const messages = document.components.messages as Record<string, { name: string }>
+  return Object.fromEntries(Object.entries(messages).map(([key, message]) => [
+    message.name,
+    ajv.compile({ $ref: `asyncapi#/components/messages/${key}/payload` })
+  ]))
 }
 
 /** A user as its event carries it: the API's user plus its version (from the ETag). */
@@ -182,6 +199,11 @@ t.test('the events received are exactly the committed changes, in version order 
     datacontenttype: 'application/json'
   })
   t.notOk('traceparent' in (sample?.event ?? {}), 'no traceparent without tracing')
+  const schemas = await payloadSchemas()
+  t.same(Object.keys(schemas).sort(), ['user.created', 'user.deleted', 'user.updated'], 'docs/asyncapi.yaml describes each type')
+  for (const { event } of received) t.ok(schemas[event.type]?.(event), `${event.type} ${event.subject} v${event.userversion} is as docs/asyncapi.yaml says`)
+  const { data: { version: _dropped, ...withoutVersion }, ...rest } = sample?.event ?? {}
+  t.notOk(schemas['user.created']?.({ ...rest, data: withoutVersion }), 'and the schema tells a wrong event apart')
   for (const { routingKey, properties, event } of received) {
     t.equal(routingKey, event.type)
     t.equal(properties.messageId, event.id)

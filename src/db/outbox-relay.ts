@@ -35,7 +35,7 @@ export interface RelayLog {
 /** Events claimed per round (a user's at most one: see outbox.ts's claim). */
 const BATCH_SIZE = 100
 /** A publish the broker has not confirmed by then counts as failed (it may still arrive: at least once). */
-const CONFIRM_TIMEOUT_MS = 2_000
+export const CONFIRM_TIMEOUT_MS = 2_000
 /** Bounds opening the broker connection, so a black-holed broker is a failure, not a hang. */
 const CONNECT_TIMEOUT_MS = 2_000
 /** After a failure the relay waits this long, doubled each time up to the maximum. */

@@ -4,7 +4,7 @@ import pg from 'pg'
 import { Counter, Gauge, type Registry } from 'prom-client'
 import type { EventsConfig } from '../config.js'
 import { outboxBacklog, type EventContext } from '../db/outbox.js'
-import { OutboxRelay } from '../db/outbox-relay.js'
+import { CONFIRM_TIMEOUT_MS, OutboxRelay } from '../db/outbox-relay.js'
 import { databaseTypes } from '../db/types.js'
 
 declare module 'fastify' {
@@ -42,7 +42,8 @@ export default fp<EventsOptions>(async function events (fastify, options) {
     connectionTimeoutMillis: options.connectTimeoutMs,
     statement_timeout: options.statementTimeoutMs,
     query_timeout: options.statementTimeoutMs + 1_000,
-    idle_in_transaction_session_timeout: options.statementTimeoutMs,
+    // A round's transaction waits for the broker's confirms: not cut short by a short statement timeout.
+    idle_in_transaction_session_timeout: Math.max(options.statementTimeoutMs, 2 * CONFIRM_TIMEOUT_MS),
     keepAlive: true,
     application_name: 'users-service-outbox-relay',
     types: databaseTypes
