@@ -302,7 +302,7 @@ export async function seed (url, from, to) {
  * in our environment is dropped (METRICS_ENABLED, DOCS_ENABLED… keep their
  * defaults) except the two that are the point of comparing runs.
  */
-export async function startService (databaseUrl, label) {
+export async function startService (databaseUrl, label, extraEnv = {}) {
   const { ConfigSchema } = await import('../dist/config.js')
   const port = await freeLoopbackPort()
   const env = { ...process.env }
@@ -320,7 +320,8 @@ export async function startService (databaseUrl, label) {
     // Open unless a run measures tokens (bench/run.js --auth).
     AUTH_MODE: 'none',
     // As the image runs it (Dockerfile), unless the caller says otherwise.
-    NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4'
+    NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4',
+    ...extraEnv
   })
   const child = track(spawn(process.execPath, [SERVER_JS], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }))
   const logs = collectLogs(child)

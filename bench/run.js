@@ -36,6 +36,11 @@ const THREADS = 1
 const CONNECTIONS = 64
 const WARMUP_SECONDS = 2
 const DURATION_SECONDS = positiveInteger('BENCH_DURATION', 10)
+// BENCH_EVENTS=<AMQP URL>: W3 once more with user events on (issue 15), on
+// that broker, to an exchange of the run's own: W3 and W3e, same run.
+const EVENTS_URL = process.env.BENCH_EVENTS || undefined
+// BENCH_WORKLOADS=W3,W3e: only those (the streaming check comes with W4).
+const ONLY = process.env.BENCH_WORKLOADS ? new Set(process.env.BENCH_WORKLOADS.split(',')) : undefined
 const MAIN_USERS = 100_000
 const SMALL_USERS = 100
 const STREAM_USERS = 1_000_000
@@ -43,7 +48,7 @@ const RSS_INTERVAL_MS = 200
 const STREAM_RSS_INTERVAL_MS = 100
 // Two runs of each workload (service and ceiling), each after a warm-up,
 // plus a generous allowance for set-up, seeding and the streaming check.
-const DEADLINE_SECONDS = 300 + 8 * (WARMUP_SECONDS + DURATION_SECONDS)
+const DEADLINE_SECONDS = 300 + 10 * (WARMUP_SECONDS + DURATION_SECONDS)
 
 // target: the issue's goal as a share of the ceiling; express: what the
 // issue's Express 5 + pg implementation reached.
@@ -74,6 +79,17 @@ const WORKLOADS = [
     script: 'w3-create-user.lua',
     database: 'main',
     sample: { method: 'POST', path: '/api/users', body: '{"name":"bench sample"}', status: 201 },
+    route: '/api/users',
+    target: 0.15,
+    express: 0.073
+  },
+  {
+    id: 'W3e',
+    name: 'POST /api/users, events on',
+    script: 'w3-create-user.lua',
+    database: 'main',
+    events: true,
+    sample: { method: 'POST', path: '/api/users', body: '{"name":"bench sample e"}', status: 201 },
     route: '/api/users',
     target: 0.15,
     express: 0.073
@@ -295,6 +311,28 @@ async function streamingCheck (url) {
 }
 
 // ---------------------------------------------------------------------------
+// Events (BENCH_EVENTS).
+
+/** What the service's /metrics says of its events: confirmed, and still waiting. */
+async function eventCounts (url) {
+  const text = (await request(`${url}/metrics`)).body.toString('utf8')
+  const value = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN)
+  return { published: value('events_published_total'), backlog: value('events_outbox_backlog') }
+}
+
+/** The run's exchange, gone with the run. */
+async function deleteExchange (amqpUrl, exchange) {
+  const { default: amqp } = await import('amqplib')
+  const connection = await amqp.connect(amqpUrl)
+  try {
+    const channel = await connection.createChannel()
+    await channel.deleteExchange(exchange)
+  } finally {
+    await connection.close()
+  }
+}
+
+// ---------------------------------------------------------------------------
 // The report.
 
 function printTable (workloads, streaming) {
@@ -320,6 +358,10 @@ function printTable (workloads, streaming) {
   console.log(line(header))
   console.log('|' + widths.map((width, column) => column === 0 ? ` ${'-'.repeat(width)} ` : ` ${'-'.repeat(width - 1)}: `).join('|') + '|')
   for (const row of rows) console.log(line(row))
+  for (const each of workloads.filter((workload) => workload.events !== undefined)) {
+    console.log(`\n${each.id}: ${each.events.published} events confirmed by the broker; ${each.events.backlog} still in the outbox when the run ended`)
+  }
+  if (streaming === undefined) return
   console.log(`\nStreaming GET /api/user over ${streaming.expectedRows.toLocaleString('en-US')} users: ${streaming.rows.toLocaleString('en-US')} rows, ` +
     `${streaming.mb} MB in ${streaming.seconds} s; RSS ${streaming.rssBeforeMb} MB before, +${streaming.rssGrowthMb} MB at most ` +
     `(target < ${streaming.growthTargetMb} MB: ${streaming.rssGrowthMb < streaming.growthTargetMb ? 'met' : 'not met'})`)
@@ -358,22 +400,33 @@ async function main () {
   })
 
   const workloads = []
-  for (const database of ['main', 'small']) {
-    const service = await step(`start the service on the ${database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`} database`,
-      () => startService(databases[database], database))
+  const chosen = WORKLOADS.filter((each) => (EVENTS_URL !== undefined || each.events !== true) && (ONLY === undefined || ONLY.has(each.id)))
+  // One service per database and events setting, for the workloads chosen.
+  for (const [database, events] of [['main', false], ['main', true], ['small', false]]) {
+    const here = chosen.filter((each) => each.database === database && (each.events === true) === events)
+    if (here.length === 0) continue
+    const eventsEnv = events ? { EVENTS_AMQP_URL: EVENTS_URL, EVENTS_EXCHANGE: `users_bench_${runTag}` } : {}
+    const size = database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`
+    const service = await step(`start the service on the ${size} database${events ? ', events on' : ''}`,
+      () => startService(databases[database], database, eventsEnv))
     try {
-      for (const workload of WORKLOADS.filter((each) => each.database === database)) {
-        workloads.push(await runWorkload(workload, service, scratch, runTag))
+      for (const workload of here) {
+        const result = await runWorkload(workload, service, scratch, runTag)
+        if (events) result.events = await eventCounts(service.url)
+        workloads.push(result)
       }
     } finally {
       await service.stop()
     }
   }
+  if (EVENTS_URL !== undefined) await deleteExchange(EVENTS_URL, `users_bench_${runTag}`)
 
   // The 100-user database grows to a million, and a fresh service reads it.
-  await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
-    () => seed(databases.small, SMALL_USERS + 1, STREAM_USERS))
-  const streaming = await step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small))
+  const streaming = chosen.some((each) => each.id === 'W4')
+    ? await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
+      () => seed(databases.small, SMALL_USERS + 1, STREAM_USERS))
+      .then(() => step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small)))
+    : undefined
 
   const machine = await machineInfo(server.url, wrk)
   printTable(workloads, streaming)

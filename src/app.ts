@@ -107,6 +107,16 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
   if (config.metricsEnabled) await app.register(metrics)
   // After auth (it keys on the token's sub) and metrics (it counts Redis failures).
   if (config.rateLimit !== undefined) await app.register((await import('./plugins/rate-limit.js')).default, config.rateLimit)
+  // Off: no module of it is loaded, no outbox row written.
+  if (config.events !== undefined) {
+    const { default: events } = await import('./plugins/events.js')
+    await app.register(events, {
+      ...config.events,
+      connectionString: config.databaseUrl,
+      connectTimeoutMs: config.database.connectTimeoutMs,
+      statementTimeoutMs: config.database.statementTimeoutMs
+    })
+  }
   await app.register(idempotency, {
     ttlSeconds: config.idempotencyKeyTtlSeconds,
     purgeIntervalMs: IDEMPOTENCY_PURGE_INTERVAL_MS,

@@ -100,7 +100,28 @@ export const ConfigSchema = Type.Object({
   TRUST_PROXY: Type.Optional(Type.String({
     pattern: '^(true|false|\\d{1,2}|[0-9A-Fa-f.:/]+(,\\s*[0-9A-Fa-f.:/]+)*)$',
     description: 'true, false, a number of proxy hops, or comma-separated proxy addresses or CIDR ranges'
-  }))
+  })),
+  // User events (transactional outbox to RabbitMQ): on only with a broker URL.
+  EVENTS_AMQP_URL: Type.Optional(Type.String({
+    pattern: '^amqps?://',
+    description: 'an AMQP URL such as amqp://user:password@host:5672',
+    secret: true
+  })),
+  EVENTS_EXCHANGE: Type.String({
+    minLength: 1,
+    maxLength: 255,
+    default: 'users',
+    description: 'an exchange name of 1 to 255 characters'
+  }),
+  EVENTS_SOURCE: Type.String({
+    minLength: 1,
+    default: '/users-service',
+    description: 'a CloudEvents source (a URI reference such as /users-service)'
+  }),
+  // Sent events are kept this long (for looking into), then pruned.
+  EVENTS_RETENTION_SECONDS: integer(0, 30 * 86_400, 86_400),
+  // How often the relay looks for events other replicas wrote; its own it sends at once.
+  EVENTS_POLL_INTERVAL_MS: integer(10, 60_000, 500)
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -151,6 +172,8 @@ export interface Config {
   rateLimit: RateLimitConfig | undefined
   /** Fastify's trustProxy: whose X-Forwarded-For gives the client address. */
   trustProxy: boolean | string[] | ((address: string, hop: number) => boolean)
+  /** User events through the outbox; absent when EVENTS_AMQP_URL is not set. */
+  events: EventsConfig | undefined
 }
 
 /** Bearer tokens checked with a JWKS endpoint's keys or one public key; or no checks. */
@@ -165,6 +188,14 @@ export interface RateLimitConfig {
   /** Absent: each process counts on its own. */
   redisUrl: string | undefined
   redisKeyPrefix: string
+}
+
+export interface EventsConfig {
+  amqpUrl: string
+  exchange: string
+  source: string
+  retentionSeconds: number
+  pollIntervalMs: number
 }
 
 export class ConfigError extends Error {
@@ -220,6 +251,10 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   if (valid.AUTH_JWKS_URL !== undefined && !URL.canParse(valid.AUTH_JWKS_URL)) {
     throw new ConfigError(describeProblem('AUTH_JWKS_URL', valid.AUTH_JWKS_URL))
   }
+  if (valid.EVENTS_AMQP_URL !== undefined && !URL.canParse(valid.EVENTS_AMQP_URL)) {
+    throw new ConfigError(`${describeProblem('EVENTS_AMQP_URL', valid.EVENTS_AMQP_URL)}; this one does not parse as a URL ` +
+      '(percent-encode special characters in the user name and password)')
+  }
   return {
     databaseUrl: valid.DATABASE_URL,
     embeddedPostgresDir: valid.EMBEDDED_POSTGRES_DIR,
@@ -254,7 +289,16 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     rateLimit: valid.RATE_LIMIT_MAX === undefined
       ? undefined
       : { max: valid.RATE_LIMIT_MAX, windowMs: valid.RATE_LIMIT_WINDOW_MS, redisUrl: valid.REDIS_URL, redisKeyPrefix: valid.RATE_LIMIT_REDIS_PREFIX },
-    trustProxy: trustProxyOf(valid.TRUST_PROXY)
+    trustProxy: trustProxyOf(valid.TRUST_PROXY),
+    events: valid.EVENTS_AMQP_URL === undefined
+      ? undefined
+      : {
+          amqpUrl: valid.EVENTS_AMQP_URL,
+          exchange: valid.EVENTS_EXCHANGE,
+          source: valid.EVENTS_SOURCE,
+          retentionSeconds: valid.EVENTS_RETENTION_SECONDS,
+          pollIntervalMs: valid.EVENTS_POLL_INTERVAL_MS
+        }
   }
 }
 

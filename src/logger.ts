@@ -1,7 +1,11 @@
 import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino'
 import type { Config } from './config.js'
 
-type LoggerConfig = Pick<Config, 'logLevel' | 'logPretty'> & { databaseUrl?: string | undefined }
+type LoggerConfig = Pick<Config, 'logLevel' | 'logPretty'> & {
+  databaseUrl?: string | undefined
+  /** The events broker's URL holds a password too. */
+  events?: { amqpUrl: string } | undefined
+}
 
 // user:password@ after any "://" a log line may quote (a driver's error, a
 // config dump): the password is replaced, the rest kept for debugging. No
@@ -51,7 +55,7 @@ export function redact (line: string, secrets: readonly RegExp[]): string {
  */
 export function loggerOptions (config: LoggerConfig): LoggerOptions & { stream?: DestinationStream } {
   if (config.logPretty) return { level: config.logLevel, transport: { target: 'pino-pretty' } }
-  return { level: config.logLevel, stream: redactingStream(secretsOf(config.databaseUrl)) }
+  return { level: config.logLevel, stream: redactingStream([...secretsOf(config.databaseUrl), ...secretsOf(config.events?.amqpUrl)]) }
 }
 
 export function createLogger (config: LoggerConfig): Logger {

@@ -198,3 +198,43 @@ t.test('rate limits are off unless RATE_LIMIT_MAX is set; TRUST_PROXY reads as F
   const hops = loadConfig({ DATABASE_URL: url, TRUST_PROXY: '1' }).trustProxy as (address: string, hop: number) => boolean
   t.same([hops('10.0.0.1', 0), hops('10.0.0.2', 1)], [true, false], 'one hop: the nearest proxy is trusted, no further')
 })
+
+t.test('events are off without EVENTS_AMQP_URL, and on with it, with their defaults', async (t) => {
+  t.equal(loadConfig({ DATABASE_URL: url }).events, undefined, 'off unless a broker is named')
+  t.same(loadConfig({ DATABASE_URL: url, EVENTS_AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }).events, {
+    amqpUrl: 'amqp://guest:guest@127.0.0.1:5672',
+    exchange: 'users',
+    source: '/users-service',
+    retentionSeconds: 86_400,
+    pollIntervalMs: 500
+  })
+  const events = loadConfig({
+    DATABASE_URL: url,
+    EVENTS_AMQP_URL: 'amqps://app:pw@mq.internal/prod',
+    EVENTS_EXCHANGE: 'accounts',
+    EVENTS_SOURCE: 'https://users.example/',
+    EVENTS_RETENTION_SECONDS: '3600',
+    EVENTS_POLL_INTERVAL_MS: '250'
+  }).events
+  t.match(events, { exchange: 'accounts', source: 'https://users.example/', retentionSeconds: 3600, pollIntervalMs: 250 })
+})
+
+t.test('a bad events setting stops start-up naming it, never echoing the broker password', async (t) => {
+  const cases: Array<[NodeJS.ProcessEnv, RegExp]> = [
+    [{ EVENTS_AMQP_URL: 'http://guest:hunter2@127.0.0.1:5672' }, /^EVENTS_AMQP_URL must be an AMQP URL such as amqp:\/\/user:password@host:5672$/],
+    [{ EVENTS_AMQP_URL: 'amqp://guest:hunter2@127.0.0.1:99999' }, /^EVENTS_AMQP_URL must be an AMQP URL .*does not parse as a URL/],
+    [{ EVENTS_AMQP_URL: 'amqp://127.0.0.1', EVENTS_EXCHANGE: 'x'.repeat(256) }, /^EVENTS_EXCHANGE must be an exchange name of 1 to 255 characters/],
+    [{ EVENTS_AMQP_URL: 'amqp://127.0.0.1', EVENTS_POLL_INTERVAL_MS: '0' }, /^EVENTS_POLL_INTERVAL_MS must be an integer from 10/],
+    [{ EVENTS_AMQP_URL: 'amqp://127.0.0.1', EVENTS_RETENTION_SECONDS: 'forever' }, /^EVENTS_RETENTION_SECONDS must be an integer from 0/]
+  ]
+  for (const [env, expected] of cases) {
+    try {
+      loadConfig({ DATABASE_URL: url, ...env })
+      t.fail(`should have thrown for ${JSON.stringify(env)}`)
+    } catch (error) {
+      t.type(error, ConfigError)
+      t.match((error as Error).message, expected)
+      t.notMatch((error as Error).message, /hunter2/)
+    }
+  }
+})

@@ -1,6 +1,7 @@
 // Every SQL statement of the users resource, hand-written and parameterized.
 // Hot statements are named, so each connection prepares them once.
 import type { User } from '../schemas/users.js'
+import type { EventContext } from './outbox.js'
 import type { QueryRunner } from './read-pipeline.js'
 
 /** A user as the API shows it, plus the version its ETag comes from. */
@@ -14,22 +15,48 @@ const API_COLUMNS = `id, name, email,
 // Plus the version, where the answer carries an ETag.
 const USER_COLUMNS = `${API_COLUMNS}, version`
 
-const SQL = {
-  insert: `INSERT INTO users (name, email) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`,
-  findById: `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`,
-  // Keyset paging: ascending ids after the cursor, so a walk sees every user
-  // that existed throughout it exactly once, whatever is written meanwhile.
-  listAfter: `SELECT ${API_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
-  // $5: the versions an If-Match header accepts, or null for any. The check
-  // and the write are one statement: a concurrent change cannot slip between.
-  update: `UPDATE users
+const INSERT = `INSERT INTO users (name, email) VALUES ($1, $2) RETURNING ${USER_COLUMNS}`
+// $5: the versions an If-Match header accepts, or null for any. The check
+// and the write are one statement: a concurrent change cannot slip between.
+const UPDATE = `UPDATE users
     SET name = coalesce($2, name),
         email = CASE WHEN $3::boolean THEN $4 ELSE email END,
         updated_at = now(),
         version = version + 1
     WHERE id = $1 AND ($5::bigint[] IS NULL OR version = ANY ($5::bigint[]))
-    RETURNING ${USER_COLUMNS}`,
-  delete: 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))',
+    RETURNING ${USER_COLUMNS}`
+const DELETE = 'DELETE FROM users WHERE id = $1 AND ($2::bigint[] IS NULL OR version = ANY ($2::bigint[]))'
+
+// With events on, each write also records its event in the outbox, in the
+// same statement (so in the same transaction, and still one round trip):
+// the user after the change, as the API shows it, with its version. A
+// delete's event is {id}, at one version past the user's last. The last
+// parameter is the request's traceparent.
+const USER_EVENT_DATA = `jsonb_build_object('id', id, 'name', name, 'email', email,
+  'createdAt', "createdAt", 'updatedAt', "updatedAt", 'version', version)`
+const WITH_EVENT = {
+  insert: `WITH changed AS (${INSERT}),
+    event AS (INSERT INTO event_outbox (type, user_id, user_version, data, traceparent)
+      SELECT 'user.created', id, version, ${USER_EVENT_DATA}, $3::text FROM changed)
+    SELECT * FROM changed`,
+  update: `WITH changed AS (${UPDATE}),
+    event AS (INSERT INTO event_outbox (type, user_id, user_version, data, traceparent)
+      SELECT 'user.updated', id, version, ${USER_EVENT_DATA}, $6::text FROM changed)
+    SELECT * FROM changed`,
+  delete: `WITH changed AS (${DELETE} RETURNING id, version),
+    event AS (INSERT INTO event_outbox (type, user_id, user_version, data, traceparent)
+      SELECT 'user.deleted', id, version + 1, jsonb_build_object('id', id), $3::text FROM changed)
+    SELECT id FROM changed`
+} as const
+
+const SQL = {
+  insert: INSERT,
+  findById: `SELECT ${USER_COLUMNS} FROM users WHERE id = $1`,
+  // Keyset paging: ascending ids after the cursor, so a walk sees every user
+  // that existed throughout it exactly once, whatever is written meanwhile.
+  listAfter: `SELECT ${API_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
+  update: UPDATE,
+  delete: DELETE,
   // Keyset batches: each is a statement of its own on any connection, so
   // the statement timeout bounds every batch rather than the download, and
   // no connection is held while a slow client reads. PostgreSQL writes each
@@ -43,8 +70,14 @@ const SQL = {
 } as const
 const BATCH_SIZE = 1_000
 
-export async function insertUser (db: QueryRunner, name: string, email: string | null): Promise<UserRow> {
-  const { rows } = await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
+/**
+ * Each write takes `event`: absent, it runs as it always did; given (events
+ * on), the same statement also writes the change's event to the outbox.
+ */
+export async function insertUser (db: QueryRunner, name: string, email: string | null, event?: EventContext): Promise<UserRow> {
+  const { rows } = event === undefined
+    ? await db.query<UserRow>({ name: 'users.insert', text: SQL.insert, values: [name, email] })
+    : await db.query<UserRow>({ name: 'users.insert-with-event', text: WITH_EVENT.insert, values: [name, email, event.traceparent] })
   return rows[0] as UserRow
 }
 
@@ -69,18 +102,19 @@ export interface UserChanges {
  * Applies the changes if the user exists and, when `versions` is given, is
  * at one of them. Returns the changed user, or undefined for neither.
  */
-export async function updateUser (db: QueryRunner, id: number, changes: UserChanges, versions: number[] | null): Promise<UserRow | undefined> {
-  const { rows } = await db.query<UserRow>({
-    name: 'users.update',
-    text: SQL.update,
-    values: [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null, versions]
-  })
+export async function updateUser (db: QueryRunner, id: number, changes: UserChanges, versions: number[] | null, event?: EventContext): Promise<UserRow | undefined> {
+  const values = [id, changes.name ?? null, changes.email !== undefined, changes.email ?? null, versions]
+  const { rows } = event === undefined
+    ? await db.query<UserRow>({ name: 'users.update', text: SQL.update, values })
+    : await db.query<UserRow>({ name: 'users.update-with-event', text: WITH_EVENT.update, values: [...values, event.traceparent] })
   return rows[0]
 }
 
 /** Whether a user was deleted (it existed and, given `versions`, was at one of them). */
-export async function deleteUser (db: QueryRunner, id: number, versions: number[] | null): Promise<boolean> {
-  const { rowCount } = await db.query({ name: 'users.delete', text: SQL.delete, values: [id, versions] })
+export async function deleteUser (db: QueryRunner, id: number, versions: number[] | null, event?: EventContext): Promise<boolean> {
+  const { rowCount } = event === undefined
+    ? await db.query({ name: 'users.delete', text: SQL.delete, values: [id, versions] })
+    : await db.query({ name: 'users.delete-with-event', text: WITH_EVENT.delete, values: [id, versions, event.traceparent] })
   return rowCount === 1
 }
 

@@ -4,6 +4,13 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Where other plugins add their metrics (present when METRICS_ENABLED). */
+    metricsRegistry: Registry
+  }
+}
+
 /**
  * `GET /metrics` in Prometheus text format, through prom-client: requests
  * by route template (never the raw URL, which would make a series per id)
@@ -107,13 +114,6 @@ const metrics: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (_request, reply) => {
     return reply.type(registry.contentType).send(await registry.metrics())
   })
-}
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** The registry behind GET /metrics; present when METRICS_ENABLED. */
-    metricsRegistry: Registry
-  }
 }
 
 export default fp(metrics, { name: 'metrics', dependencies: ['database', 'router-refusals'] })

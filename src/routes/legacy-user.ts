@@ -4,6 +4,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { anyUserExists, insertUser, readAllIdsAndNamesAsJson, type JsonBatch } from '../db/users.js'
 import { missingOrEmpty } from '../db/readers.js'
 import { sendError } from '../plugins/errors.js'
+import type {} from '../plugins/events.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
 import { IdempotencyKeyHeaders, respondsWith } from '../schemas/headers.js'
@@ -31,7 +32,7 @@ const legacyUser: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     return await fastify.idempotency.handle(request, reply, async (client) => {
-      const user = await insertUser(client, request.body.name, null)
+      const user = await insertUser(client, request.body.name, null, fastify.outbox?.eventFor(request))
       const created = { id: user.id, name: user.name, message: `User ${user.name} created.` }
       return answerOf(reply, 201, { location: `/api/users/${user.id}` }, created)
     })

@@ -6,6 +6,7 @@ import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../
 import { missingOrEmpty, missingOrOlderThanSeen } from '../db/readers.js'
 import { writeOnce } from '../db/writes.js'
 import { sendError } from '../plugins/errors.js'
+import type {} from '../plugins/events.js'
 import { answerOf } from '../plugins/idempotency.js'
 import { errorResponses } from '../schemas/errors.js'
 import { IdempotencyKeyHeaders, IfMatchHeaders, IfNoneMatchHeaders, respondsWith } from '../schemas/headers.js'
@@ -34,7 +35,7 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     return await fastify.idempotency.handle(request, reply, async (client) => {
-      const user = await insertUser(client, request.body.name, request.body.email ?? null)
+      const user = await insertUser(client, request.body.name, request.body.email ?? null, fastify.outbox?.eventFor(request))
       return answerOf(reply, 201, { location: `/api/users/${user.id}`, etag: etagOf(user.version) }, user)
     })
   })
@@ -95,7 +96,8 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const user = await writeOnce(db, (client) => updateUser(client, request.params.id, request.body, versionsAllowedBy(ifMatch)))
+    const event = fastify.outbox?.eventFor(request)
+    const user = await writeOnce(db, (client) => updateUser(client, request.params.id, request.body, versionsAllowedBy(ifMatch), event))
     if (user === undefined) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.header('etag', etagOf(user.version)).send(user)
   })
@@ -111,7 +113,8 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const ifMatch = request.headers['if-match']
-    const deleted = await writeOnce(db, (client) => deleteUser(client, request.params.id, versionsAllowedBy(ifMatch)))
+    const event = fastify.outbox?.eventFor(request)
+    const deleted = await writeOnce(db, (client) => deleteUser(client, request.params.id, versionsAllowedBy(ifMatch), event))
     if (!deleted) return sendNotChanged(reply, request.params.id, ifMatch)
     return reply.code(204).send(null)
   })
