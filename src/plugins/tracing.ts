@@ -20,5 +20,9 @@ export default fp<TracingConfig>(async function tracing (fastify, config) {
     request.log = request.log.child({ trace_id: traceId, span_id: spanId })
     reply.log = request.log
   })
-  fastify.addHook('onClose', async () => await flush())
+  // The last spans, sent before the process exits; a collector that is down
+  // must not fail the shutdown.
+  fastify.addHook('onClose', async () => {
+    await flush().catch((error: unknown) => fastify.log.warn({ err: error }, 'could not send the last spans'))
+  })
 }, { name: 'tracing' })
