@@ -300,9 +300,10 @@ export async function seed (url, from, to) {
 /**
  * `node dist/server.js` as production runs it. Any configuration variable
  * in our environment is dropped (METRICS_ENABLED, DOCS_ENABLED… keep their
- * defaults) except the two that are the point of comparing runs.
+ * defaults) except the few that are the point of comparing runs, and
+ * `extraEnv`, the run's own (tracing's OTEL_* variables).
  */
-export async function startService (databaseUrl, label) {
+export async function startService (databaseUrl, label, extraEnv = {}) {
   const { ConfigSchema } = await import('../dist/config.js')
   const port = await freeLoopbackPort()
   const env = { ...process.env }
@@ -319,7 +320,7 @@ export async function startService (databaseUrl, label) {
     MIGRATE_ON_START: 'false',
     // As the image runs it (Dockerfile), unless the caller says otherwise.
     NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4'
-  })
+  }, extraEnv)
   const child = track(spawn(process.execPath, [SERVER_JS], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }))
   const logs = collectLogs(child)
   const url = `http://127.0.0.1:${port}`

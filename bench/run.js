@@ -43,7 +43,10 @@ const RSS_INTERVAL_MS = 200
 const STREAM_RSS_INTERVAL_MS = 100
 // Two runs of each workload (service and ceiling), each after a warm-up,
 // plus a generous allowance for set-up, seeding and the streaming check.
-const DEADLINE_SECONDS = 300 + 10 * (WARMUP_SECONDS + DURATION_SECONDS)
+const DEADLINE_SECONDS = 300 + 14 * (WARMUP_SECONDS + DURATION_SECONDS)
+// BENCH_TRACING=1: W1 and W3 again with tracing on (issue 16).
+const TRACED_WORKLOADS = ['W1', 'W3']
+const TRACING = process.env.BENCH_TRACING === '1' || process.env.BENCH_TRACING === 'true'
 
 // target: the issue's goal as a share of the ceiling; express: what the
 // issue's Express 5 + pg implementation reached.
@@ -175,6 +178,44 @@ async function checkCeiling (ceiling, workload, sample) {
   if (answer.body !== sample.body || answer.contentType !== sample.contentType) {
     throw new Error(`${workload.id}: the ceiling's answer differs from the service's: ` +
       `${answer.contentType} ${answer.body.slice(0, 200)} | ${sample.contentType} ${sample.body.slice(0, 200)}`)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tracing's cost: a local OTLP/HTTP receiver that takes the spans and drops them.
+
+/**
+ * Answers every POST as a collector would (200, an empty export response)
+ * and counts what came, so the traced runs pay for building, batching,
+ * encoding and sending every span, and nothing for a backend's work.
+ */
+async function startOtlpSink () {
+  let posts = 0
+  let bytes = 0
+  const server = http.createServer((request, response) => {
+    request.on('data', (chunk) => { bytes += chunk.length })
+    request.on('end', () => {
+      posts++
+      response.writeHead(200, { 'content-type': 'application/x-protobuf' }).end()
+    })
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    received: () => ({ posts, bytes }),
+    stop: () => new Promise((resolve) => {
+      server.closeAllConnections()
+      server.close(resolve)
+    })
+  }
+}
+
+/** The service's environment for a traced run: every request sampled, protobuf to the sink. */
+function tracingEnv (sink) {
+  return {
+    OTEL_EXPORTER_OTLP_ENDPOINT: sink.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_TRACES_SAMPLER: 'always_on'
   }
 }
 
@@ -364,7 +405,7 @@ async function main () {
   const runTag = randomBytes(4).toString('hex')
   const busyAtStart = await otherCpuUse(1_000)
   console.log(`bench: wrk, ${THREADS} thread, ${CONNECTIONS} connections, ${DURATION_SECONDS} s runs after ${WARMUP_SECONDS} s warm-ups; ` +
-    `${serviceSettings()}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
+    `${serviceSettings()}${TRACING ? `; then ${TRACED_WORKLOADS.join(' and ')} traced` : ''}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
   const wrk = await loadTool()
@@ -402,6 +443,29 @@ async function main () {
     }
   }
 
+  const traced = SELECTED.workloads.filter((each) => TRACED_WORKLOADS.includes(each.id))
+  if (TRACING && traced.length > 0) {
+    const sink = await startOtlpSink()
+    try {
+      const service = await step(`start the service with tracing on (every request sampled, OTLP/HTTP protobuf to a local sink at ${sink.url})`,
+        () => startService(databases.main, 'main, traced', tracingEnv(sink)))
+      try {
+        for (const workload of traced) {
+          const before = sink.received()
+          const result = await runWorkload({ ...workload, id: `${workload.id}+T`, name: `${workload.name} (traced)` }, service, scratch, runTag)
+          const after = sink.received()
+          result.tracing = { sampler: 'always_on', protocol: 'http/protobuf', exportPosts: after.posts - before.posts, exportBytes: after.bytes - before.bytes }
+          console.log(`  exported during the service's runs: ${result.tracing.exportPosts} posts, ${mb(result.tracing.exportBytes / 1024).toFixed(1)} MB`)
+          workloads.push(result)
+        }
+      } finally {
+        await service.stop()
+      }
+    } finally {
+      await sink.stop()
+    }
+  }
+
   // The 100-user database grows to a million, and a fresh service reads it.
   let streaming
   if (SELECTED.all) {
@@ -426,7 +490,9 @@ async function main () {
       database: server.kind,
       webConcurrency: process.env.WEB_CONCURRENCY || null,
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
-      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null
+      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
+      workloads: SELECTED.workloads.map((each) => each.id),
+      tracing: TRACING
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),
