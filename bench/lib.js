@@ -300,7 +300,8 @@ export async function seed (url, from, to) {
 /**
  * `node dist/server.js` as production runs it. Any configuration variable
  * in our environment is dropped (METRICS_ENABLED, DOCS_ENABLED… keep their
- * defaults) except the two that are the point of comparing runs.
+ * defaults) except the few that are the point of comparing runs, and
+ * `extraEnv`, the run's own (tracing's OTEL_* variables).
  */
 export async function startService (databaseUrl, label, extraEnv = {}) {
   const { ConfigSchema } = await import('../dist/config.js')

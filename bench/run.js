@@ -36,11 +36,6 @@ const THREADS = 1
 const CONNECTIONS = 64
 const WARMUP_SECONDS = 2
 const DURATION_SECONDS = positiveInteger('BENCH_DURATION', 10)
-// BENCH_EVENTS=<AMQP URL>: W3 once more with user events on (issue 15), on
-// that broker, to an exchange of the run's own: W3 and W3e, same run.
-const EVENTS_URL = process.env.BENCH_EVENTS || undefined
-// BENCH_WORKLOADS=W3,W3e: only those (the streaming check comes with W4).
-const ONLY = process.env.BENCH_WORKLOADS ? new Set(process.env.BENCH_WORKLOADS.split(',')) : undefined
 const MAIN_USERS = 100_000
 const SMALL_USERS = 100
 const STREAM_USERS = 1_000_000
@@ -48,7 +43,10 @@ const RSS_INTERVAL_MS = 200
 const STREAM_RSS_INTERVAL_MS = 100
 // Two runs of each workload (service and ceiling), each after a warm-up,
 // plus a generous allowance for set-up, seeding and the streaming check.
-const DEADLINE_SECONDS = 300 + 10 * (WARMUP_SECONDS + DURATION_SECONDS)
+const DEADLINE_SECONDS = 300 + 14 * (WARMUP_SECONDS + DURATION_SECONDS)
+// BENCH_TRACING=1: W1 and W3 again with tracing on (issue 16).
+const TRACED_WORKLOADS = ['W1', 'W3']
+const TRACING = process.env.BENCH_TRACING === '1' || process.env.BENCH_TRACING === 'true'
 
 // target: the issue's goal as a share of the ceiling; express: what the
 // issue's Express 5 + pg implementation reached.
@@ -84,17 +82,6 @@ const WORKLOADS = [
     express: 0.073
   },
   {
-    id: 'W3e',
-    name: 'POST /api/users, events on',
-    script: 'w3-create-user.lua',
-    database: 'main',
-    events: true,
-    sample: { method: 'POST', path: '/api/users', body: '{"name":"bench sample e"}', status: 201 },
-    route: '/api/users',
-    target: 0.15,
-    express: 0.073
-  },
-  {
     id: 'W4',
     name: 'GET /api/user (100 users)',
     script: 'w4-legacy-list.lua',
@@ -103,8 +90,37 @@ const WORKLOADS = [
     route: '/api/user',
     target: 0.25,
     express: 0.12
+  },
+  {
+    id: 'W5',
+    name: 'GET /api/users?email=',
+    script: 'w5-find-by-email.lua',
+    database: 'main',
+    sample: { method: 'GET', path: '/api/users?email=USER50000@bench.example', status: 200 },
+    route: '/api/users',
+    // Issue 16 sets no goal and Express never had the route: W1's, a
+    // lookup of one row by a unique index, as a yardstick.
+    target: 0.23,
+    express: null
   }
 ]
+
+/**
+ * BENCH_WORKLOADS=W1,W5 runs only those (a quick check of one workload);
+ * unset, every workload and the streaming check.
+ */
+function selectedWorkloads () {
+  const text = process.env.BENCH_WORKLOADS
+  if (text === undefined || text === '') return { workloads: WORKLOADS, all: true }
+  const ids = text.split(',').map((id) => id.trim().toUpperCase())
+  const unknown = ids.filter((id) => !WORKLOADS.some((each) => each.id === id))
+  if (unknown.length > 0) {
+    console.error(`bench: BENCH_WORKLOADS must be a comma-separated list of ${WORKLOADS.map((each) => each.id).join(', ')} (got ${JSON.stringify(text)})`)
+    process.exit(1)
+  }
+  return { workloads: WORKLOADS.filter((each) => ids.includes(each.id)), all: false }
+}
+const SELECTED = selectedWorkloads()
 
 // ---------------------------------------------------------------------------
 // wrk.
@@ -162,6 +178,44 @@ async function checkCeiling (ceiling, workload, sample) {
   if (answer.body !== sample.body || answer.contentType !== sample.contentType) {
     throw new Error(`${workload.id}: the ceiling's answer differs from the service's: ` +
       `${answer.contentType} ${answer.body.slice(0, 200)} | ${sample.contentType} ${sample.body.slice(0, 200)}`)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tracing's cost: a local OTLP/HTTP receiver that takes the spans and drops them.
+
+/**
+ * Answers every POST as a collector would (200, an empty export response)
+ * and counts what came, so the traced runs pay for building, batching,
+ * encoding and sending every span, and nothing for a backend's work.
+ */
+async function startOtlpSink () {
+  let posts = 0
+  let bytes = 0
+  const server = http.createServer((request, response) => {
+    request.on('data', (chunk) => { bytes += chunk.length })
+    request.on('end', () => {
+      posts++
+      response.writeHead(200, { 'content-type': 'application/x-protobuf' }).end()
+    })
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    received: () => ({ posts, bytes }),
+    stop: () => new Promise((resolve) => {
+      server.closeAllConnections()
+      server.close(resolve)
+    })
+  }
+}
+
+/** The service's environment for a traced run: every request sampled, protobuf to the sink. */
+function tracingEnv (sink) {
+  return {
+    OTEL_EXPORTER_OTLP_ENDPOINT: sink.url,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
+    OTEL_TRACES_SAMPLER: 'always_on'
   }
 }
 
@@ -311,28 +365,6 @@ async function streamingCheck (url) {
 }
 
 // ---------------------------------------------------------------------------
-// Events (BENCH_EVENTS).
-
-/** What the service's /metrics says of its events: confirmed, and still waiting. */
-async function eventCounts (url) {
-  const text = (await request(`${url}/metrics`)).body.toString('utf8')
-  const value = (name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN)
-  return { published: value('events_published_total'), backlog: value('events_outbox_backlog') }
-}
-
-/** The run's exchange, gone with the run. */
-async function deleteExchange (amqpUrl, exchange) {
-  const { default: amqp } = await import('amqplib')
-  const connection = await amqp.connect(amqpUrl)
-  try {
-    const channel = await connection.createChannel()
-    await channel.deleteExchange(exchange)
-  } finally {
-    await connection.close()
-  }
-}
-
-// ---------------------------------------------------------------------------
 // The report.
 
 function printTable (workloads, streaming) {
@@ -350,7 +382,7 @@ function printTable (workloads, streaming) {
     percent(each.ratio),
     percent(each.target),
     each.ratio >= each.target ? 'yes' : 'no',
-    percent(each.express)
+    each.express === null ? '-' : percent(each.express)
   ])
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)))
   const line = (cells) => '| ' + cells.map((cell, column) => column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column])).join(' | ') + ' |'
@@ -358,9 +390,6 @@ function printTable (workloads, streaming) {
   console.log(line(header))
   console.log('|' + widths.map((width, column) => column === 0 ? ` ${'-'.repeat(width)} ` : ` ${'-'.repeat(width - 1)}: `).join('|') + '|')
   for (const row of rows) console.log(line(row))
-  for (const each of workloads.filter((workload) => workload.events !== undefined)) {
-    console.log(`\n${each.id}: ${each.events.published} events confirmed by the broker; ${each.events.backlog} still in the outbox when the run ended`)
-  }
   if (streaming === undefined) return
   console.log(`\nStreaming GET /api/user over ${streaming.expectedRows.toLocaleString('en-US')} users: ${streaming.rows.toLocaleString('en-US')} rows, ` +
     `${streaming.mb} MB in ${streaming.seconds} s; RSS ${streaming.rssBeforeMb} MB before, +${streaming.rssGrowthMb} MB at most ` +
@@ -376,7 +405,7 @@ async function main () {
   const runTag = randomBytes(4).toString('hex')
   const busyAtStart = await otherCpuUse(1_000)
   console.log(`bench: wrk, ${THREADS} thread, ${CONNECTIONS} connections, ${DURATION_SECONDS} s runs after ${WARMUP_SECONDS} s warm-ups; ` +
-    `${serviceSettings()}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
+    `${serviceSettings()}${TRACING ? `; then ${TRACED_WORKLOADS.join(' and ')} traced` : ''}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
   const wrk = await loadTool()
@@ -400,33 +429,50 @@ async function main () {
   })
 
   const workloads = []
-  const chosen = WORKLOADS.filter((each) => (EVENTS_URL !== undefined || each.events !== true) && (ONLY === undefined || ONLY.has(each.id)))
-  // One service per database and events setting, for the workloads chosen.
-  for (const [database, events] of [['main', false], ['main', true], ['small', false]]) {
-    const here = chosen.filter((each) => each.database === database && (each.events === true) === events)
-    if (here.length === 0) continue
-    const eventsEnv = events ? { EVENTS_AMQP_URL: EVENTS_URL, EVENTS_EXCHANGE: `users_bench_${runTag}` } : {}
-    const size = database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`
-    const service = await step(`start the service on the ${size} database${events ? ', events on' : ''}`,
-      () => startService(databases[database], database, eventsEnv))
+  for (const database of ['main', 'small']) {
+    const chosen = SELECTED.workloads.filter((each) => each.database === database)
+    if (chosen.length === 0) continue
+    const service = await step(`start the service on the ${database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`} database`,
+      () => startService(databases[database], database))
     try {
-      for (const workload of here) {
-        const result = await runWorkload(workload, service, scratch, runTag)
-        if (events) result.events = await eventCounts(service.url)
-        workloads.push(result)
+      for (const workload of chosen) {
+        workloads.push(await runWorkload(workload, service, scratch, runTag))
       }
     } finally {
       await service.stop()
     }
   }
-  if (EVENTS_URL !== undefined) await deleteExchange(EVENTS_URL, `users_bench_${runTag}`)
+
+  const traced = SELECTED.workloads.filter((each) => TRACED_WORKLOADS.includes(each.id))
+  if (TRACING && traced.length > 0) {
+    const sink = await startOtlpSink()
+    try {
+      const service = await step(`start the service with tracing on (every request sampled, OTLP/HTTP protobuf to a local sink at ${sink.url})`,
+        () => startService(databases.main, 'main, traced', tracingEnv(sink)))
+      try {
+        for (const workload of traced) {
+          const before = sink.received()
+          const result = await runWorkload({ ...workload, id: `${workload.id}+T`, name: `${workload.name} (traced)` }, service, scratch, runTag)
+          const after = sink.received()
+          result.tracing = { sampler: 'always_on', protocol: 'http/protobuf', exportPosts: after.posts - before.posts, exportBytes: after.bytes - before.bytes }
+          console.log(`  exported during the service's runs: ${result.tracing.exportPosts} posts, ${mb(result.tracing.exportBytes / 1024).toFixed(1)} MB`)
+          workloads.push(result)
+        }
+      } finally {
+        await service.stop()
+      }
+    } finally {
+      await sink.stop()
+    }
+  }
 
   // The 100-user database grows to a million, and a fresh service reads it.
-  const streaming = chosen.some((each) => each.id === 'W4')
-    ? await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
+  let streaming
+  if (SELECTED.all) {
+    await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
       () => seed(databases.small, SMALL_USERS + 1, STREAM_USERS))
-      .then(() => step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small)))
-    : undefined
+    streaming = await step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small))
+  }
 
   const machine = await machineInfo(server.url, wrk)
   printTable(workloads, streaming)
@@ -444,7 +490,9 @@ async function main () {
       database: server.kind,
       webConcurrency: process.env.WEB_CONCURRENCY || null,
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
-      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null
+      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
+      workloads: SELECTED.workloads.map((each) => each.id),
+      tracing: TRACING
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),

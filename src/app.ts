@@ -79,6 +79,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
 
   app.setValidatorCompiler(validatorCompiler)
 
+  // First, so each request's span covers all the rest; imported only when on.
+  if (config.tracing !== undefined) await app.register(import('./plugins/tracing.js'), config.tracing)
   await app.register(routerRefusals)
   await app.register(requestId)
   await app.register(gracefulClose)

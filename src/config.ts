@@ -11,6 +11,15 @@ const integer = (minimum: number, maximum: number, fallback: number) =>
 const boolean = (fallback: boolean) =>
   Type.Boolean({ default: fallback, description: 'true or false' })
 
+function otlpUrl (description: string) {
+  return Type.String({ pattern: '^https?://[^\\s]+$', description })
+}
+
+export const OTLP_PROTOCOLS = ['http/protobuf', 'http/json'] as const
+export const TRACE_SAMPLERS = [
+  'always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'
+] as const
+
 export const ConfigSchema = Type.Object({
   // Absent: a development start runs an embedded PostgreSQL instead.
   DATABASE_URL: Type.Optional(Type.String({
@@ -121,7 +130,28 @@ export const ConfigSchema = Type.Object({
   // Sent events are kept this long (for looking into), then pruned.
   EVENTS_RETENTION_SECONDS: integer(0, 30 * 86_400, 86_400),
   // How often the relay looks for events other replicas wrote; its own it sends at once.
-  EVENTS_POLL_INTERVAL_MS: integer(10, 60_000, 500)
+  EVENTS_POLL_INTERVAL_MS: integer(10, 60_000, 500),
+  // Tracing (OpenTelemetry's own variables): on when an endpoint is set.
+  OTEL_EXPORTER_OTLP_ENDPOINT: Type.Optional(otlpUrl('an http:// or https:// URL of an OTLP/HTTP receiver, such as http://collector:4318')),
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: Type.Optional(otlpUrl('an http:// or https:// URL that receives traces, such as http://collector:4318/v1/traces')),
+  OTEL_EXPORTER_OTLP_PROTOCOL: Type.Union(
+    OTLP_PROTOCOLS.map((protocol) => Type.Literal(protocol)),
+    { default: 'http/protobuf', description: `one of ${OTLP_PROTOCOLS.join(', ')} (grpc is not supported)` }
+  ),
+  OTEL_SERVICE_NAME: Type.Optional(Type.String({ minLength: 1, description: 'a service name' })),
+  OTEL_TRACES_SAMPLER: Type.Union(
+    TRACE_SAMPLERS.map((sampler) => Type.Literal(sampler)),
+    { default: 'parentbased_always_on', description: `one of ${TRACE_SAMPLERS.join(', ')}` }
+  ),
+  OTEL_TRACES_SAMPLER_ARG: Type.Optional(Type.String({
+    pattern: '^(0(\\.\\d+)?|1(\\.0+)?)$',
+    description: 'a sampling ratio from 0 to 1, such as 0.25'
+  })),
+  // key=value pairs, comma-separated, values percent-encoded (the SDK reads them).
+  OTEL_RESOURCE_ATTRIBUTES: Type.Optional(Type.String({
+    pattern: '^[^=,\\s]+=[^,]*(,[^=,\\s]+=[^,]*)*$',
+    description: 'comma-separated key=value pairs, such as deployment.environment=production,service.namespace=users'
+  }))
 })
 
 type Env = Static<typeof ConfigSchema>
@@ -174,6 +204,8 @@ export interface Config {
   trustProxy: boolean | string[] | ((address: string, hop: number) => boolean)
   /** User events through the outbox; absent when EVENTS_AMQP_URL is not set. */
   events: EventsConfig | undefined
+  /** OpenTelemetry tracing; undefined (off) unless an OTLP endpoint is set. */
+  tracing: TracingConfig | undefined
 }
 
 /** Bearer tokens checked with a JWKS endpoint's keys or one public key; or no checks. */
@@ -196,6 +228,19 @@ export interface EventsConfig {
   source: string
   retentionSeconds: number
   pollIntervalMs: number
+}
+
+export interface TracingConfig {
+  /** Where spans are posted (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is, or OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces). */
+  tracesUrl: string
+  protocol: typeof OTLP_PROTOCOLS[number]
+  /** OTEL_SERVICE_NAME; absent: service.name from OTEL_RESOURCE_ATTRIBUTES, else users-service. */
+  serviceName: string | undefined
+  sampler: typeof TRACE_SAMPLERS[number]
+  /** The ratio of the traceidratio samplers (default 1). */
+  samplerRatio: number
+  /** OTEL_RESOURCE_ATTRIBUTES, as given. */
+  resourceAttributes: string | undefined
 }
 
 export class ConfigError extends Error {
@@ -298,7 +343,27 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
           source: valid.EVENTS_SOURCE,
           retentionSeconds: valid.EVENTS_RETENTION_SECONDS,
           pollIntervalMs: valid.EVENTS_POLL_INTERVAL_MS
-        }
+        },
+    tracing: tracingOf(valid)
+  }
+}
+
+function tracingOf (valid: Env): TracingConfig | undefined {
+  const traces = valid.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+  const base = valid.OTEL_EXPORTER_OTLP_ENDPOINT
+  for (const [name, url] of [['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', traces], ['OTEL_EXPORTER_OTLP_ENDPOINT', base]] as const) {
+    if (url !== undefined && !URL.canParse(url)) throw new ConfigError(`${describeProblem(name, url)}; this one does not parse as a URL`)
+  }
+  if (traces === undefined && base === undefined) return undefined
+  return {
+    // The specification's rule: the signal's own endpoint is used as it is;
+    // the general one gets the signal's path appended.
+    tracesUrl: traces ?? `${(base as string).replace(/\/+$/, '')}/v1/traces`,
+    protocol: valid.OTEL_EXPORTER_OTLP_PROTOCOL,
+    serviceName: valid.OTEL_SERVICE_NAME,
+    sampler: valid.OTEL_TRACES_SAMPLER,
+    samplerRatio: valid.OTEL_TRACES_SAMPLER_ARG === undefined ? 1 : Number(valid.OTEL_TRACES_SAMPLER_ARG),
+    resourceAttributes: valid.OTEL_RESOURCE_ATTRIBUTES
   }
 }
 

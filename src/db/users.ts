@@ -55,6 +55,10 @@ const SQL = {
   // Keyset paging: ascending ids after the cursor, so a walk sees every user
   // that existed throughout it exactly once, whatever is written meanwhile.
   listAfter: `SELECT ${API_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2`,
+  // lower(email) on both sides: the unique index on lower(email) answers it,
+  // and an address is compared as text, never as a LIKE pattern. At most one
+  // row (the index is unique); $2 keeps the page's cursor meaning.
+  findByEmailAfter: `SELECT ${API_COLUMNS} FROM users WHERE lower(email) = lower($1) AND id > $2`,
   update: UPDATE,
   delete: DELETE,
   // Keyset batches: each is a statement of its own on any connection, so
@@ -89,6 +93,12 @@ export async function findUserById (db: QueryRunner, id: number): Promise<UserRo
 /** Up to `limit` users with ids above `after`, in ascending id order. */
 export async function listUsersAfter (db: QueryRunner, after: number, limit: number): Promise<User[]> {
   const { rows } = await db.query<User>({ name: 'users.list-after', text: SQL.listAfter, values: [after, limit] })
+  return rows
+}
+
+/** The user with this email, compared case-insensitively, if its id is above `after`. */
+export async function findUsersByEmailAfter (db: QueryRunner, email: string, after: number): Promise<User[]> {
+  const { rows } = await db.query<User>({ name: 'users.find-by-email-after', text: SQL.findByEmailAfter, values: [email, after] })
   return rows
 }
 

@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
+import { deleteUser, findUserById, findUsersByEmailAfter, insertUser, listUsersAfter, updateUser } from '../db/users.js'
 import type { FastifyReply } from 'fastify'
 import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
 import { missingOrEmpty, missingOrOlderThanSeen } from '../db/readers.js'
@@ -44,12 +44,14 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags,
       operationId: 'listUsers',
-      summary: 'List users, a page at a time, in ascending id order',
+      summary: 'List users, a page at a time, in ascending id order; or find one by email',
       querystring: ListUsersQuery,
       response: { 200: respondsWith(UserPage, 'A page of users'), ...errorResponses(400, 503) }
     }
   }, async (request) => {
-    const { limit, after } = request.query
+    const { limit, after, email } = request.query
+    // Email is unique: the page holds the one match or none, and no page follows.
+    if (email !== undefined) return { items: await findUsersByEmailAfter(fastify.reads, email, after), nextCursor: null }
     // One row more than asked tells whether another page follows.
     const rows = await fastify.readers.read((db) => listUsersAfter(db, after, limit + 1), missingOrEmpty)
     const items = rows.slice(0, limit)

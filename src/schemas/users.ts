@@ -26,9 +26,11 @@ export const UserName = Type.String({
   examples: ['Ada']
 })
 
+// What makes a plausible address, wherever one is given (bodies and the email query).
+const EMAIL_RULES = { format: 'email', maxLength: 254 } as const
+
 export const UserEmail = Type.String({
-  format: 'email',
-  maxLength: 254,
+  ...EMAIL_RULES,
   description: 'Unique across users, compared case-insensitively, stored as sent',
   examples: ['ada@example.com']
 })
@@ -70,7 +72,12 @@ export const ListUsersQuery = Type.Object({
     maximum: Number.MAX_SAFE_INTEGER,
     default: 0,
     description: 'The id of the last user already seen'
-  })
+  }),
+  email: Type.Optional(Type.String({
+    ...EMAIL_RULES,
+    description: 'Only the user with this address, compared case-insensitively (a page of zero or one)',
+    examples: ['ada@example.com']
+  }))
 }, { additionalProperties: false })
 
 export const UserPage = Type.Object({
