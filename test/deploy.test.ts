@@ -6,18 +6,20 @@
 // Secret applied from the repository, NetworkPolicies that let each URL the
 // pods are given through, and connections that fit PgBouncer and PostgreSQL
 // during a rollout.
-import { execFile } from 'node:child_process'
-import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { execFile, spawn } from 'node:child_process'
+import { chmod, cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { once } from 'node:events'
 import net from 'node:net'
-import { tmpdir } from 'node:os'
+import { tmpdir, userInfo } from 'node:os'
 import { join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import pg from 'pg'
 import t from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { ConfigSchema, loadConfig, type Config } from '../src/config.js'
+import { makeThrowawayFolder } from '../src/db/embedded.js'
 import { createTestDatabase, testConfig } from './helper.js'
 
 const run = promisify(execFile)
@@ -537,6 +539,84 @@ t.test('connections fit PgBouncer and PostgreSQL during a rollout at the autosca
   t.match(ini.ignore_startup_parameters, /statement_timeout/, 'PgBouncer accepts node-postgres\' statement_timeout')
   const { text } = await releaseSection()
   t.match(text, /max_client_conn/, 'the README shows the arithmetic')
+})
+
+/** A free TCP port on the loopback interface. */
+async function freePort (): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1')
+  await once(probe, 'listening')
+  const { port } = probe.address() as net.AddressInfo
+  probe.close()
+  await once(probe, 'close')
+  return port
+}
+
+t.test('the rendered pgbouncer.ini runs: Debian\'s PgBouncer pools in transaction mode and takes node-postgres\' statement_timeout', async (t) => {
+  // What an operator changes (the primary's host) and what this machine
+  // needs (a port, a userlist file, an admin for SHOW); the rest as shipped.
+  const folder = await makeThrowawayFolder('users-pgbouncer-')
+  t.teardown(() => rm(folder, { recursive: true, force: true }))
+  const database = new URL(await createTestDatabase(t))
+  const port = await freePort()
+  const user = decodeURIComponent(database.username)
+  const ini = (bouncerConfig.data['pgbouncer.ini'] ?? '')
+    .replace(/^users\s*=.*$/m, `users = host=${database.hostname} port=${database.port || 5432} dbname=${database.pathname.slice(1)}`)
+    .replace(/^listen_addr\s*=.*$/m, 'listen_addr = 127.0.0.1')
+    .replace(/^listen_port\s*=.*$/m, `listen_port = ${port}`)
+    .replace(/^auth_file\s*=.*$/m, `auth_file = ${join(folder, 'userlist.txt')}\nadmin_users = ${user}`)
+  await writeFile(join(folder, 'pgbouncer.ini'), ini)
+  await writeFile(join(folder, 'userlist.txt'), `"${user}" "secret"\n`)
+  await chmod(join(folder, 'pgbouncer.ini'), 0o644)
+  await chmod(join(folder, 'userlist.txt'), 0o644)
+
+  // PgBouncer refuses to run as root: as the machine's postgres user then.
+  const ids = userInfo().uid === 0
+    ? await Promise.all([run('id', ['-u', 'postgres']), run('id', ['-g', 'postgres'])]).then(([uid, gid]) =>
+      ({ uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) }))
+    : {}
+  const bouncerProcess = spawn('pgbouncer', [join(folder, 'pgbouncer.ini')], { ...ids, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  bouncerProcess.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  bouncerProcess.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  t.teardown(async () => {
+    if (bouncerProcess.exitCode === null) {
+      bouncerProcess.kill('SIGINT')
+      await once(bouncerProcess, 'exit')
+    }
+  })
+
+  // node-postgres sends statement_timeout as a startup parameter, as the
+  // service does; PgBouncer would refuse the connection if it were not ignored.
+  const connect = async (name: string): Promise<pg.Client> => {
+    for (let attempt = 0; ; attempt++) {
+      const client = new pg.Client({ host: '127.0.0.1', port, user, password: 'secret', database: name, statement_timeout: 5000 })
+      client.on('error', () => {})
+      try {
+        await client.connect()
+        return client
+      } catch (error) {
+        await client.end().catch(() => {})
+        if (bouncerProcess.exitCode !== null || attempt >= 100) throw new Error(`${(error as Error).message}\n${output}`)
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+    }
+  }
+  const client = await connect('users')
+  t.teardown(() => client.end())
+  const { rows } = await client.query('SELECT 1 + 1 AS two')
+  t.equal(rows[0].two, 2, 'a query through PgBouncer')
+  await client.query('BEGIN')
+  await client.query('CREATE TEMPORARY TABLE scratch (n int) ON COMMIT DROP')
+  await client.query('COMMIT')
+
+  const admin = await connect('pgbouncer')
+  t.teardown(() => admin.end())
+  const pools = await admin.query('SHOW POOLS')
+  t.equal(pools.rows.find((row) => row.database === 'users')?.pool_mode, 'transaction', 'the service\'s pool is per transaction')
+  const databases = await admin.query('SHOW DATABASES')
+  const users = databases.rows.find((row) => row.name === 'users')
+  t.equal(Number(users?.max_connections), Number(iniSettings(ini).max_db_connections), 'at most max_db_connections to PostgreSQL')
+  t.notMatch(output, /ERROR|FATAL/, 'PgBouncer logs no error about its configuration')
 })
 
 // --- Every variable is one the code reads ----------------------------------
