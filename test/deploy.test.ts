@@ -341,6 +341,28 @@ t.test('the README\'s release steps, run on a copy: a new version renders a new 
   t.not(newJob.metadata.name, job.metadata.name)
 })
 
+t.test('the README\'s first install creates every Secret and key the pods cannot start without', async (t) => {
+  const { blocks } = await releaseSection()
+  const install = blocks.find((block) => block.includes('kubectl create secret')) ?? ''
+  const created = new Map<string, string[]>()
+  for (const command of install.replace(/\\\n/g, ' ').split('\n')) {
+    const match = /kubectl create secret generic (\S+)(.*)$/.exec(command)
+    if (match !== null) created.set(match[1] ?? '', [...(match[2] ?? '').matchAll(/--from-literal=([\w.-]+)=/g)].map((key) => key[1] ?? ''))
+  }
+  const required: Array<[string, string]> = []
+  for (const container of [server, migrate]) {
+    for (const variable of container.env ?? []) {
+      const reference = variable.valueFrom?.secretKeyRef
+      if (reference !== undefined && reference.optional !== true) required.push([reference.name, reference.key])
+    }
+  }
+  for (const volume of bouncer.spec.template.spec.volumes ?? []) {
+    if (volume.secret !== undefined) required.push([volume.secret.secretName, 'userlist.txt'])
+  }
+  t.ok(required.length >= 3, 'the pods and PgBouncer need Secrets')
+  for (const [name, key] of required) t.ok(created.get(name)?.includes(key), `the README creates ${name} with the key ${key}`)
+})
+
 t.test('the README migrates, waits with a timeout past the Job\'s deadline, and only then rolls', async (t) => {
   const { text, blocks } = await releaseSection()
   const release = blocks.find((block) => block.includes('kubectl wait'))
