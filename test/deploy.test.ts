@@ -276,15 +276,19 @@ async function releaseSection (): Promise<{ text: string, blocks: string[] }> {
   return { text, blocks }
 }
 
-/** An address where no PostgreSQL answers: the connection is refused. */
-async function deadDatabaseUrl (): Promise<string> {
-  const probe = net.createServer()
-  probe.listen(0, '127.0.0.1')
+/** A free TCP port on the loopback interface. */
+async function freePort (): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1')
   await once(probe, 'listening')
   const { port } = probe.address() as net.AddressInfo
   probe.close()
   await once(probe, 'close')
-  return `postgres://postgres@127.0.0.1:${port}/users`
+  return port
+}
+
+/** An address where no PostgreSQL answers: the connection is refused. */
+async function deadDatabaseUrl (): Promise<string> {
+  return `postgres://postgres@127.0.0.1:${await freePort()}/users`
 }
 
 // --- Blocker: one pinned image per release -----------------------------------
@@ -562,16 +566,6 @@ t.test('connections fit PgBouncer and PostgreSQL during a rollout at the autosca
   const { text } = await releaseSection()
   t.match(text, /max_client_conn/, 'the README shows the arithmetic')
 })
-
-/** A free TCP port on the loopback interface. */
-async function freePort (): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1')
-  await once(probe, 'listening')
-  const { port } = probe.address() as net.AddressInfo
-  probe.close()
-  await once(probe, 'close')
-  return port
-}
 
 t.test('the rendered pgbouncer.ini runs: Debian\'s PgBouncer pools in transaction mode and takes node-postgres\' statement_timeout', async (t) => {
   // What an operator changes (the primary's host) and what this machine
