@@ -1,8 +1,9 @@
-import { Type } from '@sinclair/typebox'
+import { type Static, Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, insertUser, listUsersAfter, updateUser } from '../db/users.js'
 import type { FastifyReply } from 'fastify'
 import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
+import { userPageJson } from '../http/user-page.js'
 import { writeOnce } from '../db/writes.js'
 import { sendError } from '../plugins/errors.js'
 import { answerOf } from '../plugins/idempotency.js'
@@ -13,6 +14,8 @@ import {
 } from '../schemas/users.js'
 
 const tags = ['users']
+// What Fastify sends with JSON it serializes itself.
+const JSON_CONTENT_TYPE = 'application/json; charset=utf-8'
 const PRECONDITION_FAILED = 'If-Match does not name the user\'s current ETag'
 
 /** The users resource, `/api/users`. Its SQL lives in `src/db/users.ts`. */
@@ -46,13 +49,12 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       querystring: ListUsersQuery,
       response: { 200: respondsWith(UserPage, 'A page of users'), ...errorResponses(400, 503) }
     }
-  }, async (request) => {
+  }, async (request, reply) => {
     const { limit, after } = request.query
     // One row more than asked tells whether another page follows.
     const rows = await listUsersAfter(fastify.reads, after, limit + 1)
-    const items = rows.slice(0, limit)
-    const nextCursor = rows.length > limit ? (items.at(-1)?.id ?? null) : null
-    return { items, nextCursor }
+    // Already JSON, written for this one shape (the schema above documents it).
+    return reply.type(JSON_CONTENT_TYPE).send(userPageJson(rows, limit) as unknown as Static<typeof UserPage>)
   })
 
   fastify.get('/:id', {
