@@ -9,8 +9,10 @@
 //  3. the production build, `node dist/server.js`, as its own process;
 //  4. W1–W4 with wrk (1 thread, 64 connections, BENCH_DURATION seconds,
 //     default 10, after a 2 s warm-up), sampling the service's RSS;
-//  5. the same load against bench/ceiling.js, a bare Fastify answering the
-//     same bytes from memory: the ceiling each figure is a share of;
+//  5. the same load against bench/peers/express.js, a plain Express 5 + pg
+//     service on the same database (the "× Express" column), and against
+//     bench/ceiling.js, a bare Fastify answering the same bytes from
+//     memory: the ceiling each figure is a share of;
 //  6. GET /api/user over 1,000,000 users, to see that it streams in flat memory;
 //  7. a table, and everything as JSON in bench/results/.
 //
@@ -43,13 +45,12 @@ const RSS_INTERVAL_MS = 200
 const STREAM_RSS_INTERVAL_MS = 100
 // Two runs of each workload (service and ceiling), each after a warm-up,
 // plus a generous allowance for set-up, seeding and the streaming check.
-const DEADLINE_SECONDS = 300 + 14 * (WARMUP_SECONDS + DURATION_SECONDS)
+const DEADLINE_SECONDS = 300 + 20 * (WARMUP_SECONDS + DURATION_SECONDS)
 // BENCH_TRACING=1: W1 and W3 again with tracing on (issue 16).
 const TRACED_WORKLOADS = ['W1', 'W3']
 const TRACING = process.env.BENCH_TRACING === '1' || process.env.BENCH_TRACING === 'true'
 
-// target: the issue's goal as a share of the ceiling; express: what the
-// issue's Express 5 + pg implementation reached.
+// target: the goal as a share of the ceiling, from issue 6.
 const WORKLOADS = [
   {
     id: 'W1',
@@ -58,8 +59,7 @@ const WORKLOADS = [
     database: 'main',
     sample: { method: 'GET', path: '/api/users/50000', status: 200 },
     route: '/api/users/:id',
-    target: 0.23,
-    express: 0.076
+    target: 0.23
   },
   {
     id: 'W2',
@@ -68,8 +68,7 @@ const WORKLOADS = [
     database: 'main',
     sample: { method: 'GET', path: '/api/users?limit=50&after=50000', status: 200 },
     route: '/api/users',
-    target: 0.30,
-    express: 0.10
+    target: 0.30
   },
   {
     id: 'W3',
@@ -78,8 +77,7 @@ const WORKLOADS = [
     database: 'main',
     sample: { method: 'POST', path: '/api/users', body: '{"name":"bench sample"}', status: 201 },
     route: '/api/users',
-    target: 0.15,
-    express: 0.073
+    target: 0.15
   },
   {
     id: 'W4',
@@ -88,8 +86,7 @@ const WORKLOADS = [
     database: 'small',
     sample: { method: 'GET', path: '/api/user', status: 200 },
     route: '/api/user',
-    target: 0.25,
-    express: 0.12
+    target: 0.25
   },
   {
     id: 'W5',
@@ -98,10 +95,9 @@ const WORKLOADS = [
     database: 'main',
     sample: { method: 'GET', path: '/api/users?email=USER50000@bench.example', status: 200 },
     route: '/api/users',
-    // Issue 16 sets no goal and Express never had the route: W1's, a
-    // lookup of one row by a unique index, as a yardstick.
-    target: 0.23,
-    express: null
+    // Issue 16 sets no goal: W1's, a lookup of one row by a unique index,
+    // as a yardstick.
+    target: 0.23
   }
 ]
 
@@ -219,13 +215,12 @@ function tracingEnv (sink) {
   }
 }
 
-async function startCeiling (sample, scratch) {
-  const file = join(scratch, `ceiling-${randomBytes(4).toString('hex')}.json`)
-  await writeFile(file, JSON.stringify([sample]))
-  const child = track(spawn(process.execPath, [join(BENCH_DIR, 'ceiling.js'), file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] }))
+/** A bench server of ours (the ceiling, the Express peer): it prints "listening PORT" once it does. */
+async function startListening (label, args, env = process.env) {
+  const child = track(spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'inherit'] }))
   const lines = createInterface({ input: child.stdout })
   const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the ceiling server did not start within 15 s')), 15_000)
+    const timer = setTimeout(() => reject(new Error(`${label} did not start within 15 s`)), 15_000)
     lines.on('line', (line) => {
       const match = /^listening (\d+)$/.exec(line)
       if (match !== null) {
@@ -233,9 +228,21 @@ async function startCeiling (sample, scratch) {
         resolve(Number(match[1]))
       }
     })
-    child.once('exit', (code) => reject(new Error(`the ceiling server exited (${code})`)))
+    child.once('exit', (code) => reject(new Error(`${label} exited (${code})`)))
   })
   return { url: `http://127.0.0.1:${port}`, pid: child.pid, stop: () => stopChild(child) }
+}
+
+async function startCeiling (sample, scratch) {
+  const file = join(scratch, `ceiling-${randomBytes(4).toString('hex')}.json`)
+  await writeFile(file, JSON.stringify([sample]))
+  return await startListening('the ceiling server', [join(BENCH_DIR, 'ceiling.js'), file])
+}
+
+/** bench/peers/express.js on the same database: the Express 5 + pg peer. */
+async function startExpress (databaseUrl) {
+  return await startListening('the Express peer', [join(BENCH_DIR, 'peers', 'express.js')],
+    { ...process.env, DATABASE_URL: databaseUrl, PORT: '0', NODE_ENV: 'production' })
 }
 
 /** A warm-up run, then the measured one while sampling RSS. */
@@ -266,11 +273,18 @@ function describeRun (label, run) {
     `max RSS ${run.maxRssMb} MB${statuses}${logged}`)
 }
 
-async function runWorkload (workload, service, scratch, runTag) {
-  return await step(`${workload.id} ${workload.name}: service, then ceiling (${WARMUP_SECONDS} s + ${DURATION_SECONDS} s each)`, async () => {
+/** The service, then (given a peer) Express, then the ceiling, on one workload. */
+async function runWorkload (workload, service, peer, scratch, runTag) {
+  return await step(`${workload.id} ${workload.name}: service, ${peer === undefined ? '' : 'Express, '}then ceiling (${WARMUP_SECONDS} s + ${DURATION_SECONDS} s each)`, async () => {
     const sample = await takeSample(service.url, workload)
     const real = await measure(workload, service, `${runTag}-${workload.id}s`)
     describeRun('service', real)
+    let express
+    if (peer !== undefined) {
+      await takeSample(peer.url, workload)
+      express = await measure(workload, peer, `${runTag}-${workload.id}e`)
+      describeRun('Express', express)
+    }
     const ceilingServer = await startCeiling(sample, scratch)
     let ceiling
     try {
@@ -286,11 +300,12 @@ async function runWorkload (workload, service, scratch, runTag) {
       id: workload.id,
       name: workload.name,
       target: workload.target,
-      express: workload.express,
       sample: shown,
       service: real,
+      express,
       ceiling,
-      ratio: round(real.requestsPerSecond / ceiling.requestsPerSecond, 4)
+      ratio: round(real.requestsPerSecond / ceiling.requestsPerSecond, 4),
+      timesExpress: express === undefined ? undefined : round(real.requestsPerSecond / express.requestsPerSecond, 2)
     }
   })
 }
@@ -369,7 +384,7 @@ async function streamingCheck (url) {
 
 function printTable (workloads, streaming) {
   const header = ['workload', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'max RSS MB',
-    'ceiling req/s', 'ratio', 'target', 'met', 'Express ratio']
+    'ceiling req/s', 'ratio', 'target', 'met', 'Express req/s', '× Express']
   const rows = workloads.map((each) => [
     `${each.id} ${each.name}`,
     each.service.requestsPerSecond.toLocaleString('en-US'),
@@ -382,7 +397,8 @@ function printTable (workloads, streaming) {
     percent(each.ratio),
     percent(each.target),
     each.ratio >= each.target ? 'yes' : 'no',
-    each.express === null ? '-' : percent(each.express)
+    each.express === undefined ? '-' : each.express.requestsPerSecond.toLocaleString('en-US'),
+    each.timesExpress === undefined ? '-' : each.timesExpress.toFixed(2)
   ])
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)))
   const line = (cells) => '| ' + cells.map((cell, column) => column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column])).join(' | ') + ' |'
@@ -434,11 +450,14 @@ async function main () {
     if (chosen.length === 0) continue
     const service = await step(`start the service on the ${database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`} database`,
       () => startService(databases[database], database))
+    let peer
     try {
+      peer = await startExpress(databases[database])
       for (const workload of chosen) {
-        workloads.push(await runWorkload(workload, service, scratch, runTag))
+        workloads.push(await runWorkload(workload, service, peer, scratch, runTag))
       }
     } finally {
+      await peer?.stop()
       await service.stop()
     }
   }
@@ -452,7 +471,7 @@ async function main () {
       try {
         for (const workload of traced) {
           const before = sink.received()
-          const result = await runWorkload({ ...workload, id: `${workload.id}+T`, name: `${workload.name} (traced)` }, service, scratch, runTag)
+          const result = await runWorkload({ ...workload, id: `${workload.id}+T`, name: `${workload.name} (traced)` }, service, undefined, scratch, runTag)
           const after = sink.received()
           result.tracing = { sampler: 'always_on', protocol: 'http/protobuf', exportPosts: after.posts - before.posts, exportBytes: after.bytes - before.bytes }
           console.log(`  exported during the service's runs: ${result.tracing.exportPosts} posts, ${mb(result.tracing.exportBytes / 1024).toFixed(1)} MB`)

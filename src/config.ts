@@ -2,6 +2,7 @@ import { createPublicKey } from 'node:crypto'
 import { isIP } from 'node:net'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { usableCpus } from './cpus.js'
 
 // Each variable's `description` is what start-up prints when the value is
 // missing or wrong, so it reads as "VARIABLE must be <description>".
@@ -75,8 +76,12 @@ export const ConfigSchema = Type.Object({
   MIGRATE_ON_START: boolean(true),
   MIGRATIONS_TIMEOUT_MS: integer(1_000, 3_600_000, 60_000),
   SHUTDOWN_GRACE_MS: integer(100, 600_000, 10_000),
-  // Worker processes on one machine (node:cluster); Kubernetes scales by replicas.
-  WEB_CONCURRENCY: integer(1, 64, 1),
+  // Worker processes on one machine (node:cluster); Kubernetes scales by
+  // replicas. auto: as many as the CPUs the process may use (src/cpus.ts).
+  WEB_CONCURRENCY: Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 64 })], {
+    default: 1,
+    description: 'an integer from 1 to 64, or auto (one process per CPU this process may use, the container\'s CPU limit included)'
+  }),
   METRICS_ENABLED: boolean(true),
   DOCS_ENABLED: boolean(true),
   // The contract keeps keys at least 24 hours.
@@ -327,7 +332,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     migrationsTimeoutMs: valid.MIGRATIONS_TIMEOUT_MS,
     shutdownGraceMs: valid.SHUTDOWN_GRACE_MS,
     idempotencyKeyTtlSeconds: valid.IDEMPOTENCY_KEY_TTL_SECONDS,
-    webConcurrency: valid.WEB_CONCURRENCY,
+    webConcurrency: valid.WEB_CONCURRENCY === 'auto' ? usableCpus() : valid.WEB_CONCURRENCY,
     metricsEnabled: valid.METRICS_ENABLED,
     docsEnabled: valid.DOCS_ENABLED,
     auth: authConfig(valid),
@@ -427,7 +432,9 @@ function trustProxyOf (value: string | undefined): Config['trustProxy'] {
 function fromText (raw: Record<string, unknown>): Record<string, unknown> {
   const typed: Record<string, unknown> = { ...raw }
   for (const [name, value] of Object.entries(raw)) {
-    const type = (ConfigSchema.properties as Record<string, TSchema>)[name]?.type
+    const schema = (ConfigSchema.properties as Record<string, TSchema>)[name]
+    // An integer, or one of a few words (WEB_CONCURRENCY=auto).
+    const type = schema?.anyOf?.some((each: TSchema) => each.type === 'integer') === true ? 'integer' : schema?.type
     // No minus sign: no setting takes a negative number, and "-0" is not 0.
     if (type === 'integer' && /^\+?\d{1,15}$/.test(String(value))) typed[name] = Number(value)
     if (type === 'boolean' && (value === 'true' || value === 'false')) typed[name] = value === 'true'

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { generateKeyPairSync } from 'node:crypto'
 import { checkServingConfig, ConfigError, loadConfig } from '../src/config.js'
+import { usableCpus } from '../src/cpus.js'
 
 const url = 'postgres://app:s3cret@db.internal:5432/users'
 
@@ -44,6 +45,12 @@ t.test('values are read from text', async (t) => {
   t.equal(config.shutdownGraceMs, 2500)
 })
 
+t.test('WEB_CONCURRENCY is a number of processes, or auto for one per usable CPU', async (t) => {
+  t.equal(loadConfig({ DATABASE_URL: url }).webConcurrency, 1, 'one process unless told')
+  t.equal(loadConfig({ DATABASE_URL: url, WEB_CONCURRENCY: '3' }).webConcurrency, 3)
+  t.equal(loadConfig({ DATABASE_URL: url, WEB_CONCURRENCY: 'auto' }).webConcurrency, usableCpus())
+})
+
 t.test('HOST takes IP addresses and host names', async (t) => {
   for (const host of ['0.0.0.0', '127.0.0.1', '::', '::1', 'fe80::1%lo', 'localhost', 'api.internal', 'my_service', 'xn--bcher-kva.example.']) {
     t.equal(loadConfig({ DATABASE_URL: url, HOST: host }).host, host, host)
@@ -69,6 +76,8 @@ t.test('a missing or bad value is one line naming the variable and what it expec
     [{ DATABASE_URL: url, EVENT_LOOP_DELAY_MAX_MS: 'fast' }, /^EVENT_LOOP_DELAY_MAX_MS must be an integer from 0/],
     // A minus sign is no part of any valid value: "-0" is not 0.
     [{ DATABASE_URL: url, PORT: '-0' }, /^PORT must be an integer from 0 to 65535 \(got "-0"\)$/],
+    [{ DATABASE_URL: url, WEB_CONCURRENCY: 'many' }, /^WEB_CONCURRENCY must be an integer from 1 to 64, or auto .* \(got "many"\)$/],
+    [{ DATABASE_URL: url, WEB_CONCURRENCY: '0' }, /^WEB_CONCURRENCY must be an integer from 1 to 64, or auto/],
     [{ DATABASE_URL: url, HOST: 'not a host!' }, /^HOST must be a host name or IP address to listen on \(got "not a host!"\)$/],
     [{ DATABASE_URL: url, HOST: 'http://example.com' }, /^HOST must be a host name or IP address/],
     [{ DATABASE_URL: url, HOST: '[::1]' }, /^HOST must be a host name or IP address/],

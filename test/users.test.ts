@@ -192,6 +192,21 @@ t.test('GET /api/users pages through everyone in ascending id order', async (t) 
   t.same(empty.json(), { items: [], nextCursor: null })
 })
 
+t.test('a page is the JSON a serializer would write, whatever the names hold', async (t) => {
+  const { app } = await buildTestApp(t)
+  const names = ['quote " backslash \\ slash /', 'tab\there, line\u2028sep', '😀 e\u0301', '</script>', 'plain']
+  const created = []
+  for (const [index, name] of names.entries()) {
+    created.push(await createUser(app, { name, email: index % 2 === 0 ? `u${index}@example.com` : null }))
+  }
+  const page = await app.inject({ url: '/api/users?limit=4' })
+  t.equal(page.statusCode, 200)
+  t.equal(page.headers['content-type'], 'application/json; charset=utf-8')
+  t.equal(page.body, JSON.stringify({ items: created.slice(0, 4), nextCursor: created[3]?.id }), 'byte for byte')
+  const last = await app.inject({ url: `/api/users?after=${created[3]?.id}` })
+  t.equal(last.body, JSON.stringify({ items: created.slice(4), nextCursor: null }))
+})
+
 t.test('a page walk sees every user that existed throughout it exactly once', async (t) => {
   const { app } = await buildTestApp(t)
   const initial = []

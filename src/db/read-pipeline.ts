@@ -1,9 +1,9 @@
-import pg, { type QueryConfig, type QueryResult, type QueryResultRow } from 'pg'
+import pg, { type QueryArrayConfig, type QueryConfig, type QueryResult, type QueryResultRow } from 'pg'
 import { databaseTypes } from './types.js'
 
 /** What a statement needs: a pool, a checked-out client, or (reads only) a read pipeline. */
 export interface QueryRunner {
-  query: <R extends QueryResultRow>(config: QueryConfig) => Promise<QueryResult<R>>
+  query: <R extends QueryResultRow>(config: QueryConfig | QueryArrayConfig) => Promise<QueryResult<R>>
 }
 
 export interface ReadPipelineOptions {
@@ -35,7 +35,7 @@ export class ReadPipeline implements QueryRunner {
     this.clients = new Array(options.connections).fill(undefined)
   }
 
-  async query<R extends QueryResultRow> (config: QueryConfig): Promise<QueryResult<R>> {
+  async query<R extends QueryResultRow> (config: QueryConfig | QueryArrayConfig): Promise<QueryResult<R>> {
     const slot = this.turn
     this.turn = (this.turn + 1) % this.clients.length
     this.inFlight++

@@ -90,9 +90,16 @@ export async function findUserById (db: QueryRunner, id: number): Promise<UserRo
   return rows[0]
 }
 
-/** Up to `limit` users with ids above `after`, in ascending id order. */
-export async function listUsersAfter (db: QueryRunner, after: number, limit: number): Promise<User[]> {
-  const { rows } = await db.query<User>({ name: 'users.list-after', text: SQL.listAfter, values: [after, limit] })
+/** A user's API columns as a row of values, in the order the API shows them. */
+export type UserTuple = [id: number, name: string, email: string | null, createdAt: string, updatedAt: string]
+
+/**
+ * Up to `limit` users with ids above `after`, in ascending id order. Rows
+ * come as arrays (pg's rowMode "array"): a page is 51 rows, and an object
+ * with five keys for each is garbage that the page's JSON never needed.
+ */
+export async function listUsersAfter (db: QueryRunner, after: number, limit: number): Promise<UserTuple[]> {
+  const { rows } = await db.query<UserTuple>({ name: 'users.list-after', text: SQL.listAfter, values: [after, limit], rowMode: 'array' })
   return rows
 }
 

@@ -1,9 +1,10 @@
-import { Type } from '@sinclair/typebox'
+import { type Static, Type } from '@sinclair/typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { deleteUser, findUserById, findUsersByEmailAfter, insertUser, listUsersAfter, updateUser } from '../db/users.js'
 import type { FastifyReply } from 'fastify'
 import { etagOf, noneMatchHits, parseTagCondition, versionsAllowedBy } from '../http/etag.js'
 import { missingOrEmpty, missingOrOlderThanSeen } from '../db/readers.js'
+import { userPageJson } from '../http/user-page.js'
 import { writeOnce } from '../db/writes.js'
 import { sendError } from '../plugins/errors.js'
 import type {} from '../plugins/events.js'
@@ -15,6 +16,8 @@ import {
 } from '../schemas/users.js'
 
 const tags = ['users']
+// What Fastify sends with JSON it serializes itself.
+const JSON_CONTENT_TYPE = 'application/json; charset=utf-8'
 const PRECONDITION_FAILED = 'If-Match does not name the user\'s current ETag'
 
 /** The users resource, `/api/users`. Its SQL lives in `src/db/users.ts`. */
@@ -48,15 +51,17 @@ const users: FastifyPluginAsyncTypebox = async (fastify) => {
       querystring: ListUsersQuery,
       response: { 200: respondsWith(UserPage, 'A page of users'), ...errorResponses(400, 503) }
     }
-  }, async (request) => {
+  }, async (request, reply) => {
     const { limit, after, email } = request.query
-    // Email is unique: the page holds the one match or none, and no page follows.
-    if (email !== undefined) return { items: await findUsersByEmailAfter(fastify.reads, email, after), nextCursor: null }
+    // Email is unique: the page holds the one match or none, and no page
+    // follows. None on a replica is confirmed on the primary.
+    if (email !== undefined) {
+      return { items: await fastify.readers.read((db) => findUsersByEmailAfter(db, email, after), missingOrEmpty), nextCursor: null }
+    }
     // One row more than asked tells whether another page follows.
     const rows = await fastify.readers.read((db) => listUsersAfter(db, after, limit + 1), missingOrEmpty)
-    const items = rows.slice(0, limit)
-    const nextCursor = rows.length > limit ? (items.at(-1)?.id ?? null) : null
-    return { items, nextCursor }
+    // Already JSON, written for this one shape (the schema above documents it).
+    return reply.type(JSON_CONTENT_TYPE).send(userPageJson(rows, limit) as unknown as Static<typeof UserPage>)
   })
 
   fastify.get('/:id', {
