@@ -40,3 +40,19 @@ t.test('inside a traced request: the request\'s own trace context', async (t) =>
   closed = true
   t.pass('the app closes although its spans cannot be sent')
 })
+
+t.test('OTEL_TRACES_SAMPLER picks the SDK\'s sampler, with its ratio', async (t) => {
+  const { samplerOf } = await import('../src/tracing/start.js')
+  const { loadConfig } = await import('../src/config.js')
+  const described = (env: NodeJS.ProcessEnv) => {
+    const tracing = loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', ...env }).tracing
+    if (tracing === undefined) throw new Error('tracing is off')
+    return samplerOf(tracing).toString()
+  }
+  t.match(described({}), /^ParentBased\{root=AlwaysOnSampler/, 'by default, the caller decides, else every request')
+  t.equal(described({ OTEL_TRACES_SAMPLER: 'always_on' }), 'AlwaysOnSampler')
+  t.equal(described({ OTEL_TRACES_SAMPLER: 'always_off' }), 'AlwaysOffSampler')
+  t.equal(described({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.25' }), 'TraceIdRatioBased{0.25}')
+  t.match(described({ OTEL_TRACES_SAMPLER: 'parentbased_always_off' }), /^ParentBased\{root=AlwaysOffSampler/)
+  t.match(described({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' }), /^ParentBased\{root=TraceIdRatioBased\{0.1\}/)
+})

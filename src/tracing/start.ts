@@ -67,7 +67,8 @@ function exporterOf (config: TracingConfig) {
   return config.protocol === 'http/json' ? new OTLPJsonTraceExporter(options) : new OTLPProtobufTraceExporter(options)
 }
 
-function samplerOf ({ sampler, samplerRatio }: TracingConfig): Sampler {
+/** The sampler OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG as its ratio. */
+export function samplerOf ({ sampler, samplerRatio }: TracingConfig): Sampler {
   const ratio = new TraceIdRatioBasedSampler(samplerRatio)
   switch (sampler) {
     case 'always_on': return new AlwaysOnSampler()
