@@ -4,6 +4,7 @@ import type { AppConfig } from './config.js'
 import { latestMigrationId } from './db/migrations.js'
 import { clientErrorHandler, routingErrorHandler } from './http/client-error.js'
 import { loggerOptions } from './logger.js'
+import { currentTraceparent } from './tracing/context.js'
 import database from './plugins/database.js'
 import docs from './plugins/docs.js'
 import earlyAnswers from './plugins/early-answers.js'
@@ -116,7 +117,9 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
       ...config.events,
       connectionString: config.databaseUrl,
       connectTimeoutMs: config.database.connectTimeoutMs,
-      statementTimeoutMs: config.database.statementTimeoutMs
+      statementTimeoutMs: config.database.statementTimeoutMs,
+      // Each event carries the trace of the request that caused it.
+      ...(config.tracing === undefined ? {} : { traceparentOf: currentTraceparent })
     })
   }
   await app.register(idempotency, {
