@@ -11,6 +11,7 @@ import type pg from 'pg'
 import t, { type Test } from 'tap'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.js'
+import { insertUser } from '../src/db/users.js'
 import { buildTestApp, createTestDatabase, testConfig } from './helper.js'
 import { spawnDist, within, type LogLine } from './spawn.js'
 import { TcpProxy } from './support/tcp-proxy.js'
@@ -295,6 +296,30 @@ t.test('sent events are pruned after their retention', async (t) => {
     while ((await outboxRows(db)).length > 0) await new Promise((resolve) => setTimeout(resolve, 50))
   })(), ARRIVAL_WAIT_MS, 'the sent event pruned')
   t.pass('pruned')
+})
+
+t.test('an event carries the traceparent of the write that made it', async (t) => {
+  const consumer = await consume(t)
+  const { app, db } = await buildTestApp(t, eventsEnv(consumer))
+  await app.ready()
+  // What a traced request passes (issue 16's helper gives the request's own).
+  const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+  const user = await insertUser(db, 'traced', null, { traceparent })
+  const [received] = await consumer.waitFor(1)
+  t.equal(received?.event.subject, String(user.id))
+  t.equal(received?.event.traceparent, traceparent)
+  t.ok((await payloadSchemas())['user.created']?.(received?.event), 'as docs/asyncapi.yaml says')
+})
+
+t.test('a write answered just before shutdown is published before the app is closed', async (t) => {
+  const consumer = await consume(t)
+  const { app } = await buildTestApp(t, { ...eventsEnv(consumer), EVENTS_POLL_INTERVAL_MS: '60000' })
+  await app.ready()
+  const created = await post(app, '/api/users', { name: 'last one' })
+  await app.close()
+  // Closed: whatever the consumer gets now was published before close() returned.
+  const [received] = await consumer.waitFor(1)
+  t.equal(received?.event.subject, String(created.body.id))
 })
 
 t.test('a service killed between a commit and its publish sends the event on its next start', async (t) => {
