@@ -8,6 +8,7 @@ import addFormats from 'ajv-formats'
 import amqp, { type ConsumeMessage } from 'amqplib'
 import type { FastifyInstance } from 'fastify'
 import type pg from 'pg'
+import { pino } from 'pino'
 import t, { type Test } from 'tap'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.js'
@@ -38,8 +39,7 @@ interface Consumer {
  * An exchange of the test's own and a consumer bound to all its events,
  * both gone when the test ends.
  */
-async function consume (t: Test): Promise<Consumer> {
-  const exchange = `users_test_${randomBytes(6).toString('hex')}`
+async function consume (t: Test, exchange = `users_test_${randomBytes(6).toString('hex')}`): Promise<Consumer> {
   const connection = await amqp.connect(brokerUrl())
   const channel = await connection.createChannel()
   await channel.assertExchange(exchange, 'topic', { durable: true })
@@ -284,6 +284,36 @@ t.test('a broker that stops confirming counts as a publish failure; the events g
   proxy.restore()
   const received = await consumer.waitFor(2)
   t.ok(received.some(({ event }) => event.subject === String(stalled.body.id)), 'the unconfirmed event arrives')
+})
+
+t.test('an exchange the broker refuses holds the events back, not the writes; once fixed they go', async (t) => {
+  // Taken by another kind of exchange: declaring ours as a topic fails.
+  const exchange = `users_test_${randomBytes(6).toString('hex')}`
+  const admin = await amqp.connect(brokerUrl())
+  t.teardown(() => admin.close())
+  const channel = await admin.createChannel()
+  await channel.assertExchange(exchange, 'fanout', { durable: false })
+
+  const lines: Array<{ msg?: string, err?: { message?: string } }> = []
+  const loggerInstance = pino({ level: 'info' }, { write: (line: string) => { lines.push(JSON.parse(line)) } })
+  const databaseUrl = await createTestDatabase(t)
+  const app = await buildApp(testConfig(databaseUrl, { EVENTS_AMQP_URL: brokerUrl(), EVENTS_EXCHANGE: exchange }), { loggerInstance })
+  t.teardown(() => app.close())
+  await app.ready()
+
+  const created = await post(app, '/api/users', { name: 'held back' })
+  t.equal(created.status, 201)
+  await within((async () => {
+    while (!lines.some((line) => line.msg === 'relaying events failed; they wait in the outbox' && /cannot use exchange/.test(line.err?.message ?? ''))) {
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  })(), ARRIVAL_WAIT_MS, 'the refusal logged')
+  t.equal((await app.inject({ method: 'GET', url: '/health/ready' })).statusCode, 200, 'still ready')
+
+  await channel.deleteExchange(exchange)
+  const consumer = await consume(t, exchange)
+  const [received] = await consumer.waitFor(1)
+  t.equal(received?.event.subject, String(created.body.id))
 })
 
 t.test('sent events are pruned after their retention', async (t) => {
