@@ -1,67 +1,22 @@
 // User events through the transactional outbox, on the machine's RabbitMQ
-// (127.0.0.1:5672, guest/guest). Each test publishes to an exchange of its
+// (test/support/rabbitmq.ts): each test publishes to an exchange of its
 // own, which a consumer of the test binds a queue to before any write.
 import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
-import amqp, { type ConsumeMessage } from 'amqplib'
+import amqp from 'amqplib'
 import type { FastifyInstance } from 'fastify'
 import type pg from 'pg'
 import { pino } from 'pino'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.js'
 import { insertUser } from '../src/db/users.js'
 import { buildTestApp, createTestDatabase, testConfig } from './helper.js'
-import { spawnDist, within, type LogLine } from './spawn.js'
+import { within } from './spawn.js'
+import { ARRIVAL_WAIT_MS, BROKER, brokerUrl, consume, type Consumer } from './support/rabbitmq.js'
 import { TcpProxy } from './support/tcp-proxy.js'
-
-const BROKER = { host: '127.0.0.1', port: 5672 }
-const brokerUrl = (port = BROKER.port): string => `amqp://guest:guest@127.0.0.1:${port}`
-/** A bound on waiting for events, not a speed check. */
-const ARRIVAL_WAIT_MS = 30_000
-
-interface Received {
-  routingKey: string
-  properties: ConsumeMessage['properties']
-  event: Record<string, any>
-}
-
-interface Consumer {
-  exchange: string
-  received: Received[]
-  /** Resolves once `count` events have arrived (more may follow). */
-  waitFor: (count: number) => Promise<Received[]>
-}
-
-/**
- * An exchange of the test's own and a consumer bound to all its events,
- * both gone when the test ends.
- */
-async function consume (t: Test, exchange = `users_test_${randomBytes(6).toString('hex')}`): Promise<Consumer> {
-  const connection = await amqp.connect(brokerUrl())
-  const channel = await connection.createChannel()
-  await channel.assertExchange(exchange, 'topic', { durable: true })
-  const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true })
-  await channel.bindQueue(queue, exchange, 'user.*')
-  const received: Received[] = []
-  await channel.consume(queue, (message) => {
-    if (message === null) return
-    received.push({ routingKey: message.fields.routingKey, properties: message.properties, event: JSON.parse(message.content.toString('utf8')) })
-  }, { noAck: true })
-  t.teardown(async () => {
-    await channel.deleteExchange(exchange)
-    await connection.close()
-  })
-  async function waitFor (count: number): Promise<Received[]> {
-    await within((async () => {
-      while (received.length < count) await new Promise((resolve) => setTimeout(resolve, 20))
-    })(), ARRIVAL_WAIT_MS, () => `${count} events (${received.length} arrived)`)
-    return received
-  }
-  return { exchange, received, waitFor }
-}
 
 function eventsEnv (consumer: Consumer, url = brokerUrl()): NodeJS.ProcessEnv {
   return { EVENTS_AMQP_URL: url, EVENTS_EXCHANGE: consumer.exchange, EVENTS_POLL_INTERVAL_MS: '50' }
@@ -350,45 +305,4 @@ t.test('a write answered just before shutdown is published before the app is clo
   // Closed: whatever the consumer gets now was published before close() returned.
   const [received] = await consumer.waitFor(1)
   t.equal(received?.event.subject, String(created.body.id))
-})
-
-t.test('a service killed between a commit and its publish sends the event on its next start', async (t) => {
-  const consumer = await consume(t)
-  const proxy = await TcpProxy.start(BROKER)
-  t.teardown(() => proxy.close())
-  const databaseUrl = await createTestDatabase(t)
-  const env = {
-    HOST: '127.0.0.1',
-    PORT: '0',
-    DATABASE_URL: databaseUrl,
-    EVENTS_AMQP_URL: brokerUrl(proxy.port),
-    EVENTS_EXCHANGE: consumer.exchange
-  }
-  const listening = (line: LogLine): boolean => /^Server listening at /.test(String(line.msg))
-
-  // The broker unreachable: the commit happens, its publish cannot.
-  proxy.cut()
-  const first = spawnDist(t, 'server.js', env)
-  const base = String((await first.waitForLine(listening, 'the first server listening')).msg).replace('Server listening at ', '')
-  const response = await fetch(`${base}/api/users`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'survivor' })
-  })
-  t.equal(response.status, 201)
-  const user = await response.json() as { id: number }
-  first.child.kill('SIGKILL')
-  await first.exitWithin(10_000)
-  t.equal(consumer.received.length, 0, 'nothing was published before the kill')
-
-  proxy.restore()
-  const second = spawnDist(t, 'server.js', env)
-  await second.waitForLine(listening, 'the second server listening')
-  const [received] = await consumer.waitFor(1)
-  t.match(received?.event, { type: 'user.created', subject: String(user.id), data: { id: user.id, name: 'survivor', version: 1 } })
-  await second.waitForLine((line) => line.msg === 'connected to the events broker', 'the connection logged')
-  t.notMatch(first.stdout() + second.stdout(), /guest:guest@/, 'the broker password is never logged')
-  t.match(second.stdout(), /amqp:\/\/guest:\[redacted\]@127\.0\.0\.1/)
-  second.child.kill('SIGTERM')
-  t.equal((await second.exitWithin(20_000)).code, 0)
 })
