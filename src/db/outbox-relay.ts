@@ -155,8 +155,9 @@ export class OutboxRelay {
       if (this.failing) this.options.log.info({ exchange: this.options.exchange }, 'relaying events again')
       this.failing = false
       backoffMs = BACKOFF_FIRST_MS
-      // A full batch: more are waiting.
-      if (sent < BATCH_SIZE) await this.pause(this.options.pollIntervalMs, true)
+      // After a batch, look again at once: a user's next event became
+      // claimable only now, and more may be waiting.
+      if (sent === 0) await this.pause(this.options.pollIntervalMs, true)
     }
   }
 
