@@ -118,6 +118,8 @@ export async function buildApp (config: AppConfig, overrides: AppOverrides = {})
       connectionString: config.databaseUrl,
       connectTimeoutMs: config.database.connectTimeoutMs,
       statementTimeoutMs: config.database.statementTimeoutMs,
+      pooler: config.database.pooler,
+      poolerKeepsPreparedStatements: config.database.poolerKeepsPreparedStatements,
       // Each event carries the trace of the request that caused it.
       ...(config.tracing === undefined ? {} : { traceparentOf: currentTraceparent })
     })

@@ -5,6 +5,7 @@ import { Counter, Gauge, type Registry } from 'prom-client'
 import type { EventsConfig } from '../config.js'
 import { outboxBacklog, type EventContext } from '../db/outbox.js'
 import { CONFIRM_TIMEOUT_MS, OutboxRelay } from '../db/outbox-relay.js'
+import { clientClassFor, type Pooler } from '../db/pooler.js'
 import { databaseTypes } from '../db/types.js'
 
 declare module 'fastify' {
@@ -20,6 +21,9 @@ export interface EventsOptions extends EventsConfig {
   connectionString: string
   connectTimeoutMs: number
   statementTimeoutMs: number
+  /** As for the requests' pool (src/db/pooler.ts): the relay runs behind the same pooler. */
+  pooler: Pooler
+  poolerKeepsPreparedStatements: boolean
   /** The request's W3C traceparent, when tracing is on (issue 16 wires its helper here). */
   traceparentOf?: (request: FastifyRequest) => string | undefined
 }
@@ -40,10 +44,17 @@ export default fp<EventsOptions>(async function events (fastify, options) {
     connectionString: options.connectionString,
     max: 2,
     connectionTimeoutMillis: options.connectTimeoutMs,
-    statement_timeout: options.statementTimeoutMs,
+    // Behind a transaction pooler no startup parameter: the role's defaults
+    // hold the timeouts there (src/db/pooler.ts), and statements go unnamed.
+    ...(options.pooler === 'transaction'
+      ? {}
+      : {
+          statement_timeout: options.statementTimeoutMs,
+          // A round's transaction waits for the broker's confirms: not cut short by a short statement timeout.
+          idle_in_transaction_session_timeout: Math.max(options.statementTimeoutMs, 2 * CONFIRM_TIMEOUT_MS)
+        }),
+    Client: clientClassFor(options.pooler, options.poolerKeepsPreparedStatements),
     query_timeout: options.statementTimeoutMs + 1_000,
-    // A round's transaction waits for the broker's confirms: not cut short by a short statement timeout.
-    idle_in_transaction_session_timeout: Math.max(options.statementTimeoutMs, 2 * CONFIRM_TIMEOUT_MS),
     keepAlive: true,
     application_name: 'users-service-outbox-relay',
     types: databaseTypes
