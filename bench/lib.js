@@ -126,7 +126,7 @@ export function freeLoopbackPort () {
 /** One HTTP request on a connection of its own; the body as a Buffer. */
 export function request (url, { method = 'GET', headers = {}, body, timeoutMs = 5_000 } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers, agent: false, timeout: timeoutMs }, (res) => {
+    const req = http.request(url, { method, headers: { ...authorization(), ...headers }, agent: false, timeout: timeoutMs }, (res) => {
       const chunks = []
       res.on('data', (chunk) => chunks.push(chunk))
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }))
@@ -297,6 +297,34 @@ export async function seed (url, from, to) {
 // ---------------------------------------------------------------------------
 // The service and the ceiling, each a process of its own.
 
+// ---------------------------------------------------------------------------
+// Tokens: BENCH_AUTH=RS256 (or ES256, EdDSA) has the service check a bearer
+// token on every /api request, with a key made for the run; unset, it runs
+// with AUTH_MODE=none. wrk's scripts read the token from BENCH_TOKEN.
+
+let benchAuth
+
+/** The algorithm, the service's AUTH_* settings and the token, once per run; undefined when off. */
+export async function prepareBenchAuth () {
+  const alg = process.env.BENCH_AUTH
+  if (alg === undefined || alg === '') return undefined
+  if (!['RS256', 'ES256', 'EdDSA'].includes(alg)) throw new Error(`BENCH_AUTH must be RS256, ES256 or EdDSA (got ${JSON.stringify(alg)})`)
+  const { SignJWT, exportSPKI, generateKeyPair } = await import('jose')
+  const { privateKey, publicKey } = await generateKeyPair(alg)
+  const issuer = 'https://bench.invalid'
+  const audience = 'users-service'
+  const token = await new SignJWT({ scope: 'users:read users:write' })
+    .setProtectedHeader({ alg }).setIssuer(issuer).setAudience(audience).setSubject('bench')
+    .setIssuedAt().setExpirationTime('4h').sign(privateKey)
+  benchAuth = { alg, token, service: { AUTH_PUBLIC_KEY: await exportSPKI(publicKey), AUTH_ISSUER: issuer, AUTH_AUDIENCE: audience } }
+  process.env.BENCH_TOKEN = token // for wrk, which inherits this environment
+  return { alg }
+}
+
+function authorization () {
+  return benchAuth === undefined ? {} : { authorization: `Bearer ${benchAuth.token}` }
+}
+
 /**
  * `node dist/server.js` as production runs it. Any configuration variable
  * in our environment is dropped (METRICS_ENABLED, DOCS_ENABLED… keep their
@@ -317,8 +345,8 @@ export async function startService (databaseUrl, label) {
     PORT: String(port),
     DATABASE_URL: databaseUrl,
     MIGRATE_ON_START: 'false',
-    // Open unless a run measures tokens (bench/run.js --auth).
-    AUTH_MODE: 'none',
+    // Open, unless BENCH_AUTH asks for every request's token to be checked.
+    ...(benchAuth?.service ?? { AUTH_MODE: 'none' }),
     // As the image runs it (Dockerfile), unless the caller says otherwise.
     NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4'
   })

@@ -26,7 +26,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import {
   BENCH_DIR, RESULTS_DIR, ROOT, WRK_DIR, createDatabase, difference,
-  loadTool, machineInfo, mb, otherCpuUse, percent, positiveInteger, prepareServer, processTree, request,
+  loadTool, machineInfo, mb, otherCpuUse, percent, positiveInteger, prepareBenchAuth, prepareServer, processTree, request,
   requireBuild, round, rssKb, runMain, runWrkProcess, sampleRss, scratchFolder, seconds, seed,
   serviceSettings, sleep, startService, statusCounts, step, steps, stopChild, track, warnIfBusy
 } from './lib.js'
@@ -320,6 +320,7 @@ function printTable (workloads, streaming) {
   console.log(line(header))
   console.log('|' + widths.map((width, column) => column === 0 ? ` ${'-'.repeat(width)} ` : ` ${'-'.repeat(width - 1)}: `).join('|') + '|')
   for (const row of rows) console.log(line(row))
+  if (streaming === undefined) return
   console.log(`\nStreaming GET /api/user over ${streaming.expectedRows.toLocaleString('en-US')} users: ${streaming.rows.toLocaleString('en-US')} rows, ` +
     `${streaming.mb} MB in ${streaming.seconds} s; RSS ${streaming.rssBeforeMb} MB before, +${streaming.rssGrowthMb} MB at most ` +
     `(target < ${streaming.growthTargetMb} MB: ${streaming.rssGrowthMb < streaming.growthTargetMb ? 'met' : 'not met'})`)
@@ -339,6 +340,11 @@ async function main () {
 
   const wrk = await loadTool()
   const scratch = await scratchFolder()
+  // BENCH_AUTH: W1 and W3 with a token checked on every request, to set
+  // against a run without (the cost of verifying a token); no streaming check.
+  const auth = await prepareBenchAuth()
+  const selected = auth === undefined ? WORKLOADS : WORKLOADS.filter((each) => each.id === 'W1' || each.id === 'W3')
+  if (auth !== undefined) console.log(`bench: BENCH_AUTH=${auth.alg}: W1 and W3 with a bearer token checked on each request`)
 
   const { server, databases } = await step('database: create and migrate', async () => {
     const server = await prepareServer(scratch)
@@ -358,11 +364,11 @@ async function main () {
   })
 
   const workloads = []
-  for (const database of ['main', 'small']) {
+  for (const database of ['main', 'small'].filter((name) => selected.some((each) => each.database === name))) {
     const service = await step(`start the service on the ${database === 'main' ? `${MAIN_USERS.toLocaleString('en-US')}-user` : `${SMALL_USERS}-user`} database`,
       () => startService(databases[database], database))
     try {
-      for (const workload of WORKLOADS.filter((each) => each.database === database)) {
+      for (const workload of selected.filter((each) => each.database === database)) {
         workloads.push(await runWorkload(workload, service, scratch, runTag))
       }
     } finally {
@@ -371,9 +377,12 @@ async function main () {
   }
 
   // The 100-user database grows to a million, and a fresh service reads it.
-  await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
-    () => seed(databases.small, SMALL_USERS + 1, STREAM_USERS))
-  const streaming = await step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small))
+  let streaming
+  if (auth === undefined) {
+    await step(`seed: ${STREAM_USERS.toLocaleString('en-US')} users (the W4 database, topped up)`,
+      () => seed(databases.small, SMALL_USERS + 1, STREAM_USERS))
+    streaming = await step('streaming: GET /api/user once, sampling RSS every 100 ms', () => streamingCheck(databases.small))
+  }
 
   const machine = await machineInfo(server.url, wrk)
   printTable(workloads, streaming)
@@ -391,7 +400,8 @@ async function main () {
       database: server.kind,
       webConcurrency: process.env.WEB_CONCURRENCY || null,
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
-      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null
+      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
+      auth: auth?.alg ?? null
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),
