@@ -83,6 +83,7 @@ t.test('bad tokens: 401 with error="invalid_token" and a description that says w
   const stranger = await signingKey('ES256', 'ec-1') // same kid, another key
   const cases: Array<[string, string, string]> = [
     ['expired', await tokenFor(rsa, { expiresIn: -120 }), 'the token has expired'],
+    ['without exp', await tokenFor(rsa, { expiresIn: null }), 'the token\'s exp claim is missing or invalid'],
     ['not valid yet', await tokenFor(rsa, { notBeforeIn: 300 }), 'the token is not valid yet'],
     ['wrong issuer', await tokenFor(rsa, { issuer: 'https://evil.test' }), 'the token\'s issuer is not accepted'],
     ['wrong audience', await tokenFor(rsa, { audience: 'billing' }), 'the token\'s audience is not this service'],
