@@ -1,4 +1,5 @@
 // Bearer tokens, against a JWKS endpoint the test serves with keys it generates.
+import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { FastifyInstance, InjectOptions } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
@@ -160,7 +161,12 @@ t.test('probes, /metrics and /docs stay open; the OpenAPI document declares the 
   t.same(doc.paths['/api/user'].get.security, [{ bearer: ['users:read'] }])
   t.ok(doc.paths['/api/users'].get.responses['401'], '401 is a documented answer')
   t.ok(doc.paths['/api/users'].post.responses['403'], '403 is a documented answer')
-  t.equal(doc.paths['/health/live'].get.security, undefined, 'probes need no token')
+  t.same(doc.paths['/health/live'].get.security, [], 'probes need no token')
+  t.same(doc.paths['/metrics'].get.security, [], 'nor metrics')
+
+  const problems = await lintFromString({ source: JSON.stringify(doc), absoluteRef: '/docs/json', config: await createConfig({ extends: ['recommended'] }) })
+  const errors = problems.filter((problem) => problem.severity === 'error')
+  t.same(errors.map((problem) => `${problem.ruleId}: ${problem.message}`), [], 'a standard linter finds no errors')
 })
 
 t.test('the request\'s log line names the caller\'s sub, never the token', async (t) => {
