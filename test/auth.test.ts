@@ -4,6 +4,7 @@ import type { FastifyInstance, InjectOptions } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
 import { createTestDatabase, testConfig } from './helper.js'
+import { spawnDist } from './spawn.js'
 import {
   AUDIENCE, hmacWithPublicKey, ISSUER, JwksServer, signingKey, tokenFor, unsignedToken
 } from './support/issuer.js'
@@ -267,4 +268,21 @@ t.test('an http: JWKS URL is accepted, with a warning when NODE_ENV=production',
   t.equal((await withToken(production.app, await tokenFor(rsa))).statusCode, 200)
   const development = await authApp(t, jwksEnv(jwks))
   t.notOk(development.logs().some((line) => /AUTH_JWKS_URL is http/.test(String(line.msg))), 'no warning in development')
+})
+
+t.test('the built server in production: tokens checked, probes open, the http: JWKS URL warned of', async (t) => {
+  const jwks = await JwksServer.start([ed])
+  t.teardown(() => jwks.stop())
+  const server = spawnDist(t, 'server.js', {
+    NODE_ENV: 'production', DATABASE_URL: await createTestDatabase(t), HOST: '127.0.0.1', PORT: '0', ...jwksEnv(jwks) as Record<string, string>
+  })
+  const listening = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/
+  const line = await server.waitForLine((candidate) => listening.test(String(candidate.msg)), 'listening')
+  const base = listening.exec(String(line.msg))?.[1] ?? ''
+  const get = async (path: string, headers: Record<string, string> = {}) =>
+    (await fetch(`${base}${path}`, { headers, signal: AbortSignal.timeout(10_000) })).status
+  t.equal(await get('/api/users'), 401)
+  t.equal(await get('/api/users', { authorization: `Bearer ${await tokenFor(ed)}` }), 200)
+  t.equal(await get('/health/ready'), 200)
+  t.ok(server.lines.some((each) => each.level === 40 && /AUTH_JWKS_URL is http/.test(String(each.msg))), 'one warning line')
 })
