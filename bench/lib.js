@@ -123,10 +123,16 @@ export function freeLoopbackPort () {
   })
 }
 
+/** The run's bearer token, while a run with auth on (bench/features.js) has one. */
+function authorization () {
+  const token = process.env.BENCH_TOKEN
+  return token === undefined || token === '' ? {} : { authorization: `Bearer ${token}` }
+}
+
 /** One HTTP request on a connection of its own; the body as a Buffer. */
 export function request (url, { method = 'GET', headers = {}, body, timeoutMs = 5_000 } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers, agent: false, timeout: timeoutMs }, (res) => {
+    const req = http.request(url, { method, headers: { ...authorization(), ...headers }, agent: false, timeout: timeoutMs }, (res) => {
       const chunks = []
       res.on('data', (chunk) => chunks.push(chunk))
       res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }))
@@ -301,7 +307,7 @@ export async function seed (url, from, to) {
  * `node dist/server.js` as production runs it. Any configuration variable
  * in our environment is dropped (METRICS_ENABLED, DOCS_ENABLED… keep their
  * defaults) except the few that are the point of comparing runs, and
- * `extraEnv`, the run's own (tracing's OTEL_* variables).
+ * `extraEnv`, the run's own (a feature's settings, bench/features.js).
  */
 export async function startService (databaseUrl, label, extraEnv = {}) {
   const { ConfigSchema } = await import('../dist/config.js')
@@ -318,7 +324,7 @@ export async function startService (databaseUrl, label, extraEnv = {}) {
     PORT: String(port),
     DATABASE_URL: databaseUrl,
     MIGRATE_ON_START: 'false',
-    // Open unless a run measures tokens (bench/run.js --auth).
+    // Open, unless a run with auth on (bench/features.js) says otherwise.
     AUTH_MODE: 'none',
     // As the image runs it (Dockerfile), unless the caller says otherwise.
     NODE_OPTIONS: process.env.NODE_OPTIONS ?? '--max-semi-space-size=4',

@@ -32,6 +32,7 @@ import {
   requireBuild, round, rssKb, runMain, runWrkProcess, sampleRss, scratchFolder, seconds, seed,
   serviceSettings, sleep, startService, statusCounts, step, steps, stopChild, track, warnIfBusy
 } from './lib.js'
+import { FEATURES, selectedFeatures } from './features.js'
 
 // The issue's settings: light on 2 cores, and how the Express baseline was measured.
 const THREADS = 1
@@ -46,9 +47,8 @@ const STREAM_RSS_INTERVAL_MS = 100
 // Two runs of each workload (service and ceiling), each after a warm-up,
 // plus a generous allowance for set-up, seeding and the streaming check.
 const DEADLINE_SECONDS = 300 + 20 * (WARMUP_SECONDS + DURATION_SECONDS)
-// BENCH_TRACING=1: W1 and W3 again with tracing on (issue 16).
-const TRACED_WORKLOADS = ['W1', 'W3']
-const TRACING = process.env.BENCH_TRACING === '1' || process.env.BENCH_TRACING === 'true'
+// BENCH_FEATURES=auth,events,tracing (or all): some workloads again with each on (bench/features.js).
+const FEATURE_NAMES = selectedFeatures()
 
 // target: the goal as a share of the ceiling, from issue 6.
 const WORKLOADS = [
@@ -174,44 +174,6 @@ async function checkCeiling (ceiling, workload, sample) {
   if (answer.body !== sample.body || answer.contentType !== sample.contentType) {
     throw new Error(`${workload.id}: the ceiling's answer differs from the service's: ` +
       `${answer.contentType} ${answer.body.slice(0, 200)} | ${sample.contentType} ${sample.body.slice(0, 200)}`)
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Tracing's cost: a local OTLP/HTTP receiver that takes the spans and drops them.
-
-/**
- * Answers every POST as a collector would (200, an empty export response)
- * and counts what came, so the traced runs pay for building, batching,
- * encoding and sending every span, and nothing for a backend's work.
- */
-async function startOtlpSink () {
-  let posts = 0
-  let bytes = 0
-  const server = http.createServer((request, response) => {
-    request.on('data', (chunk) => { bytes += chunk.length })
-    request.on('end', () => {
-      posts++
-      response.writeHead(200, { 'content-type': 'application/x-protobuf' }).end()
-    })
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    url: `http://127.0.0.1:${server.address().port}`,
-    received: () => ({ posts, bytes }),
-    stop: () => new Promise((resolve) => {
-      server.closeAllConnections()
-      server.close(resolve)
-    })
-  }
-}
-
-/** The service's environment for a traced run: every request sampled, protobuf to the sink. */
-function tracingEnv (sink) {
-  return {
-    OTEL_EXPORTER_OTLP_ENDPOINT: sink.url,
-    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf',
-    OTEL_TRACES_SAMPLER: 'always_on'
   }
 }
 
@@ -384,7 +346,9 @@ async function streamingCheck (url) {
 
 function printTable (workloads, streaming) {
   const header = ['workload', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'max RSS MB',
-    'ceiling req/s', 'ratio', 'target', 'met', 'Express req/s', '× Express']
+    'ceiling req/s', 'ratio', 'target', 'met', 'Express req/s', '× Express', 'feature on / off']
+  // A feature's run beside the same workload with it off.
+  const offOf = (each) => workloads.find((other) => other.id === each.feature?.off)
   const rows = workloads.map((each) => [
     `${each.id} ${each.name}`,
     each.service.requestsPerSecond.toLocaleString('en-US'),
@@ -398,7 +362,8 @@ function printTable (workloads, streaming) {
     percent(each.target),
     each.ratio >= each.target ? 'yes' : 'no',
     each.express === undefined ? '-' : each.express.requestsPerSecond.toLocaleString('en-US'),
-    each.timesExpress === undefined ? '-' : each.timesExpress.toFixed(2)
+    each.timesExpress === undefined ? '-' : each.timesExpress.toFixed(2),
+    offOf(each) === undefined ? '-' : percent(each.service.requestsPerSecond / offOf(each).service.requestsPerSecond)
   ])
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)))
   const line = (cells) => '| ' + cells.map((cell, column) => column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column])).join(' | ') + ' |'
@@ -421,7 +386,7 @@ async function main () {
   const runTag = randomBytes(4).toString('hex')
   const busyAtStart = await otherCpuUse(1_000)
   console.log(`bench: wrk, ${THREADS} thread, ${CONNECTIONS} connections, ${DURATION_SECONDS} s runs after ${WARMUP_SECONDS} s warm-ups; ` +
-    `${serviceSettings()}${TRACING ? `; then ${TRACED_WORKLOADS.join(' and ')} traced` : ''}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
+    `${serviceSettings()}${FEATURE_NAMES.length > 0 ? `; then with ${FEATURE_NAMES.join(', ')} on` : ''}; ${os.availableParallelism()} cores, ${percent(busyAtStart)} busy before the start`)
   warnIfBusy(busyAtStart, 'before the start')
 
   const wrk = await loadTool()
@@ -462,26 +427,29 @@ async function main () {
     }
   }
 
-  const traced = SELECTED.workloads.filter((each) => TRACED_WORKLOADS.includes(each.id))
-  if (TRACING && traced.length > 0) {
-    const sink = await startOtlpSink()
+  // Each feature on, alone, on the workloads it costs something on: set
+  // against the same workloads above, from this same run.
+  for (const name of FEATURE_NAMES) {
+    const feature = FEATURES[name]
+    const rerun = SELECTED.workloads.filter((each) => feature.workloads.includes(each.id))
+    if (rerun.length === 0) continue
+    const on = await feature.start({ runTag })
     try {
-      const service = await step(`start the service with tracing on (every request sampled, OTLP/HTTP protobuf to a local sink at ${sink.url})`,
-        () => startService(databases.main, 'main, traced', tracingEnv(sink)))
+      const service = await step(`start the service with ${on.describe}`,
+        () => startService(databases.main, `main, ${name}`, on.env))
+      if (on.token !== undefined) process.env.BENCH_TOKEN = on.token
       try {
-        for (const workload of traced) {
-          const before = sink.received()
-          const result = await runWorkload({ ...workload, id: `${workload.id}+T`, name: `${workload.name} (traced)` }, service, undefined, scratch, runTag)
-          const after = sink.received()
-          result.tracing = { sampler: 'always_on', protocol: 'http/protobuf', exportPosts: after.posts - before.posts, exportBytes: after.bytes - before.bytes }
-          console.log(`  exported during the service's runs: ${result.tracing.exportPosts} posts, ${mb(result.tracing.exportBytes / 1024).toFixed(1)} MB`)
+        for (const workload of rerun) {
+          const result = await runWorkload({ ...workload, id: `${workload.id}${feature.suffix}`, name: `${workload.name} (${name} on)` }, service, undefined, scratch, runTag)
+          result.feature = { name, off: workload.id, ...(on.after === undefined ? {} : { measured: await on.after(service.url) }) }
           workloads.push(result)
         }
       } finally {
+        delete process.env.BENCH_TOKEN
         await service.stop()
       }
     } finally {
-      await sink.stop()
+      await on.stop()
     }
   }
 
@@ -511,7 +479,7 @@ async function main () {
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
       databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
       workloads: SELECTED.workloads.map((each) => each.id),
-      tracing: TRACING
+      features: FEATURE_NAMES
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),

@@ -1,8 +1,10 @@
 // Bearer tokens, against a JWKS endpoint the test serves with keys it generates.
+import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { FastifyInstance, InjectOptions } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
 import { createTestDatabase, testConfig } from './helper.js'
+import { spawnDist } from './spawn.js'
 import {
   AUDIENCE, hmacWithPublicKey, ISSUER, JwksServer, signingKey, tokenFor, unsignedToken
 } from './support/issuer.js'
@@ -83,6 +85,7 @@ t.test('bad tokens: 401 with error="invalid_token" and a description that says w
   const stranger = await signingKey('ES256', 'ec-1') // same kid, another key
   const cases: Array<[string, string, string]> = [
     ['expired', await tokenFor(rsa, { expiresIn: -120 }), 'the token has expired'],
+    ['without exp', await tokenFor(rsa, { expiresIn: null }), 'the token\'s exp claim is missing or invalid'],
     ['not valid yet', await tokenFor(rsa, { notBeforeIn: 300 }), 'the token is not valid yet'],
     ['wrong issuer', await tokenFor(rsa, { issuer: 'https://evil.test' }), 'the token\'s issuer is not accepted'],
     ['wrong audience', await tokenFor(rsa, { audience: 'billing' }), 'the token\'s audience is not this service'],
@@ -159,7 +162,12 @@ t.test('probes, /metrics and /docs stay open; the OpenAPI document declares the 
   t.same(doc.paths['/api/user'].get.security, [{ bearer: ['users:read'] }])
   t.ok(doc.paths['/api/users'].get.responses['401'], '401 is a documented answer')
   t.ok(doc.paths['/api/users'].post.responses['403'], '403 is a documented answer')
-  t.equal(doc.paths['/health/live'].get.security, undefined, 'probes need no token')
+  t.same(doc.paths['/health/live'].get.security, [], 'probes need no token')
+  t.same(doc.paths['/metrics'].get.security, [], 'nor metrics')
+
+  const problems = await lintFromString({ source: JSON.stringify(doc), absoluteRef: '/docs/json', config: await createConfig({ extends: ['recommended'] }) })
+  const errors = problems.filter((problem) => problem.severity === 'error')
+  t.same(errors.map((problem) => `${problem.ruleId}: ${problem.message}`), [], 'a standard linter finds no errors')
 })
 
 t.test('the request\'s log line names the caller\'s sub, never the token', async (t) => {
@@ -260,4 +268,21 @@ t.test('an http: JWKS URL is accepted, with a warning when NODE_ENV=production',
   t.equal((await withToken(production.app, await tokenFor(rsa))).statusCode, 200)
   const development = await authApp(t, jwksEnv(jwks))
   t.notOk(development.logs().some((line) => /AUTH_JWKS_URL is http/.test(String(line.msg))), 'no warning in development')
+})
+
+t.test('the built server in production: tokens checked, probes open, the http: JWKS URL warned of', async (t) => {
+  const jwks = await JwksServer.start([ed])
+  t.teardown(() => jwks.stop())
+  const server = spawnDist(t, 'server.js', {
+    NODE_ENV: 'production', DATABASE_URL: await createTestDatabase(t), HOST: '127.0.0.1', PORT: '0', ...jwksEnv(jwks) as Record<string, string>
+  })
+  const listening = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/
+  const line = await server.waitForLine((candidate) => listening.test(String(candidate.msg)), 'listening')
+  const base = listening.exec(String(line.msg))?.[1] ?? ''
+  const get = async (path: string, headers: Record<string, string> = {}) =>
+    (await fetch(`${base}${path}`, { headers, signal: AbortSignal.timeout(10_000) })).status
+  t.equal(await get('/api/users'), 401)
+  t.equal(await get('/api/users', { authorization: `Bearer ${await tokenFor(ed)}` }), 200)
+  t.equal(await get('/health/ready'), 200)
+  t.ok(server.lines.some((each) => each.level === 40 && /AUTH_JWKS_URL is http/.test(String(each.msg))), 'one warning line')
 })

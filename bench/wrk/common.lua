@@ -2,6 +2,13 @@
 -- wrk runs each script once per thread, plus once more in a main state
 -- that calls setup() and done().
 
+-- Runs with auth on (bench/features.js) send the run's bearer token with every
+-- request: wrk.format uses wrk.headers when a script passes none.
+local token = os.getenv('BENCH_TOKEN')
+if token ~= nil and token ~= '' then
+  wrk.headers['Authorization'] = 'Bearer ' .. token
+end
+
 -- setup() runs in the main state once per thread, before init(): it hands
 -- each thread a number of its own, so request bodies can be unique.
 local threads = 0

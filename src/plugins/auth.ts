@@ -78,7 +78,11 @@ export default fp<AuthOptions>(async function auth (fastify, options) {
   const checks = { [READ_SCOPE]: requireScope(READ_SCOPE), [WRITE_SCOPE]: requireScope(WRITE_SCOPE) }
 
   fastify.addHook('onRoute', (route) => {
-    if (!route.url.startsWith('/api/')) return
+    if (!route.url.startsWith('/api/')) {
+      // Open, and the OpenAPI document says so.
+      if (route.schema !== undefined && route.schema.security === undefined) route.schema = { ...route.schema, security: [] }
+      return
+    }
     const scope = scopeFor(route)
     route.onRequest = [checks[scope], ...[route.onRequest ?? []].flat()]
     if (route.schema !== undefined) {

@@ -30,8 +30,8 @@ export interface TokenOptions {
   claims?: JWTPayload
   issuer?: string
   audience?: string
-  /** Seconds from now (negative: in the past). */
-  expiresIn?: number
+  /** Seconds from now (negative: in the past); null: no exp claim. */
+  expiresIn?: number | null
   notBeforeIn?: number
   sub?: string
 }
@@ -45,7 +45,7 @@ export async function tokenFor (key: SigningKey, options: TokenOptions = {}): Pr
     .setAudience(options.audience ?? AUDIENCE)
     .setSubject(options.sub ?? 'client-42')
     .setIssuedAt(now)
-    .setExpirationTime(now + (options.expiresIn ?? 3600))
+  if (options.expiresIn !== null) jwt.setExpirationTime(now + (options.expiresIn ?? 3600))
   if (options.notBeforeIn !== undefined) jwt.setNotBefore(now + options.notBeforeIn)
   return await jwt.sign(key.privateKey)
 }
