@@ -132,3 +132,22 @@ t.test('a replica that is down costs only a fallback to the primary', async (t) 
   t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200, 'ready stays 200 while the primary answers')
   t.match((await app.inject({ url: '/metrics' })).body, /db_replica_lag_seconds\{replica="[^"]+"\} -1\n/)
 })
+
+// Last: a promoted standby is a replica no more.
+t.test('a promoted replica is read from no more', async (t) => {
+  const { app, replicas } = await appWithReplica(t, 60_000)
+  const user = await create(app, 'Promoted')
+  await standby.caughtUp()
+  await replicas.checkLag()
+  t.strictSame(await readsDuring(replicas, async () => {
+    t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
+  }), { primary: 0, replica: 1 }, 'a standby: the replica')
+
+  await standby.promote()
+  await replicas.checkLag()
+  t.equal(replicas.lags()[0]?.lagMs, undefined, 'out of recovery: not usable')
+  t.strictSame(await readsDuring(replicas, async () => {
+    t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
+  }), { primary: 1, replica: 0 }, 'promoted: the primary')
+  t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200, 'ready')
+})

@@ -33,6 +33,8 @@ export interface Replication {
     resumeReplay: () => Promise<void>
     /** Waits until the standby has replayed everything the primary has written so far. */
     caughtUp: () => Promise<void>
+    /** Makes the standby a primary of its own (it takes writes, and follows the primary no more). */
+    promote: () => Promise<void>
   }
 }
 
@@ -101,7 +103,8 @@ export async function startReplication (t: Test): Promise<Replication> {
       ...standby,
       pauseReplay: async () => { await query(standby.url, 'SELECT pg_wal_replay_pause()') },
       resumeReplay: async () => { await query(standby.url, 'SELECT pg_wal_replay_resume()') },
-      caughtUp
+      caughtUp,
+      promote: () => as(account, 'pg_ctl', ['-D', standbyDir, '-w', '-t', '60', 'promote'], folder)
     }
   }
 }
