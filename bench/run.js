@@ -391,7 +391,9 @@ async function main () {
       database: server.kind,
       webConcurrency: process.env.WEB_CONCURRENCY || null,
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
-      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null
+      databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
+      pgBouncer: process.env.BENCH_PGBOUNCER === '1',
+      readReplica: process.env.BENCH_READ_REPLICA === '1'
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),
