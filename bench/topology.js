@@ -120,7 +120,7 @@ export async function startReplication (scratch) {
     caughtUp: async () => {
       const primary = new pg.Client({ connectionString: primaryUrl })
       await primary.connect()
-      const { rows } = await primary.query('SELECT pg_current_wal_lsn()::text AS lsn')
+      const { rows } = await primary.query('SELECT pg_current_wal_insert_lsn()::text AS lsn')
       await primary.end()
       await waitFor('the standby to catch up', async () => {
         const standby = new pg.Client({ connectionString: standbyUrl })
