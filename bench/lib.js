@@ -263,6 +263,35 @@ export function withDatabase (url, database) {
 
 /** A PostgreSQL server to create databases on: DATABASE_URL's, or an embedded one. */
 export async function prepareServer (scratch) {
+  const topology = await import('./topology.js')
+  if (topology.withReadReplica) {
+    // The bench's own primary, whose databases the standby replicates.
+    const replication = await topology.startReplication(scratch)
+    route.replication = replication
+    if (topology.viaPgBouncer) route.pgBouncer = await topology.startPgBouncer(replication.primaryUrl, scratch)
+    return { url: replication.primaryUrl, kind: `a primary and its standby (fsync off)${topology.viaPgBouncer ? ', through PgBouncer' : ''}` }
+  }
+  const server = await prepareDatabaseServer(scratch)
+  if (!topology.viaPgBouncer) return server
+  route.pgBouncer = await topology.startPgBouncer(server.url, scratch)
+  return { ...server, kind: `${server.kind}, through PgBouncer` }
+}
+
+/** BENCH_PGBOUNCER / BENCH_READ_REPLICA (bench/topology.js): how the service reaches the database. */
+const route = { pgBouncer: undefined, replication: undefined }
+
+/** The database settings of the service for `databaseUrl`, after the switches. */
+async function databaseEnv (databaseUrl) {
+  const env = { DATABASE_URL: databaseUrl }
+  if (route.pgBouncer !== undefined) Object.assign(env, { DATABASE_URL: route.pgBouncer.url(databaseUrl), DATABASE_POOLER: 'transaction' })
+  if (route.replication !== undefined) {
+    await route.replication.caughtUp()
+    env.DATABASE_READ_URL = route.replication.readUrl(databaseUrl)
+  }
+  return env
+}
+
+async function prepareDatabaseServer (scratch) {
   const given = process.env.DATABASE_URL
   if (given !== undefined && given !== '') {
     console.log(`  DATABASE_URL's server (${new URL(given).host})`)
@@ -283,7 +312,13 @@ export async function createDatabase (serverUrl, name) {
   await sql(serverUrl, `CREATE DATABASE ${name}`)
   cleanups.push(() => sql(serverUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`))
   const url = withDatabase(serverUrl, name)
-  await runMigrations({ connectionString: url, timeoutMs: 60_000, connectTimeoutMs: 5_000 })
+  await runMigrations({
+    connectionString: url,
+    timeoutMs: 60_000,
+    connectTimeoutMs: 5_000,
+    // Behind PgBouncer, the service's timeouts become its role's defaults, as `npm run migrate` does.
+    ...(route.pgBouncer === undefined ? {} : { sessionDefaults: { role: undefined, statementTimeoutMs: 5_000 } })
+  })
   return url
 }
 
@@ -322,7 +357,7 @@ export async function startService (databaseUrl, label, extraEnv = {}) {
     LOG_LEVEL: 'warn',
     HOST: '127.0.0.1',
     PORT: String(port),
-    DATABASE_URL: databaseUrl,
+    ...await databaseEnv(databaseUrl),
     MIGRATE_ON_START: 'false',
     // Open, unless a run with auth on (bench/features.js) says otherwise.
     AUTH_MODE: 'none',
@@ -476,7 +511,8 @@ export function requireBuild () {
 /** The service settings passed on from the environment, for the opening line. */
 export function serviceSettings () {
   return `service WEB_CONCURRENCY=${process.env.WEB_CONCURRENCY || '(default)'}, DATABASE_POOL_MAX=${process.env.DATABASE_POOL_MAX || '(default)'}, ` +
-    `DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}`
+    `DATABASE_READ_PIPELINES=${process.env.DATABASE_READ_PIPELINES || '(default)'}` +
+    `${process.env.BENCH_PGBOUNCER === '1' ? ', through PgBouncer' : ''}${process.env.BENCH_READ_REPLICA === '1' ? ', reads on a replica' : ''}`
 }
 
 /** The load tool, installed if need be, as a step: its version. */

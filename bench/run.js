@@ -479,7 +479,9 @@ async function main () {
       databasePoolMax: process.env.DATABASE_POOL_MAX || null,
       databaseReadPipelines: process.env.DATABASE_READ_PIPELINES || null,
       workloads: SELECTED.workloads.map((each) => each.id),
-      features: FEATURE_NAMES
+      features: FEATURE_NAMES,
+      pgBouncer: process.env.BENCH_PGBOUNCER === '1',
+      readReplica: process.env.BENCH_READ_REPLICA === '1'
     },
     machine,
     cpuBusyAtStart: round(busyAtStart, 3),

@@ -35,6 +35,21 @@ async function create (app: FastifyInstance, name: string): Promise<{ id: number
   return response.json()
 }
 
+/**
+ * Once the standby has caught up, the replicas' next check finds it so
+ * (a check in the middle of a replay may find it behind, for a moment).
+ */
+async function replicaCaughtUp (replicas: ReplicaReaders): Promise<void> {
+  await standby.caughtUp()
+  await within((async () => {
+    for (;;) {
+      await replicas.checkLag()
+      if (replicas.lags()[0]?.lagMs === 0) return
+      await sleep(20)
+    }
+  })(), 10_000, 'the replicas to find the standby caught up')
+}
+
 /** How many reads each source answered while `work` ran. */
 async function readsDuring (replicas: ReplicaReaders, work: () => Promise<void>): Promise<{ primary: number, replica: number }> {
   const before = { ...replicas.readsBySource }
@@ -45,7 +60,7 @@ async function readsDuring (replicas: ReplicaReaders, work: () => Promise<void>)
 t.test('reads come from the replica; a user is readable the moment its create is answered', async (t) => {
   const { app, replicas } = await appWithReplica(t, 60_000)
   const ada = await create(app, 'Ada')
-  await standby.caughtUp()
+  await replicaCaughtUp(replicas)
 
   t.strictSame(await readsDuring(replicas, async () => {
     t.equal((await app.inject({ url: `/api/users/${ada.id}` })).statusCode, 200)
@@ -80,8 +95,7 @@ t.test('reads come from the replica; a user is readable the moment its create is
 t.test('a replica lagging past the bound costs only a fallback to the primary', async (t) => {
   const { app, replicas } = await appWithReplica(t, 200)
   const user = await create(app, 'Lagged')
-  await standby.caughtUp()
-  await replicas.checkLag()
+  await replicaCaughtUp(replicas)
   t.strictSame(await readsDuring(replicas, async () => {
     t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
   }), { primary: 0, replica: 1 }, 'caught up: the replica')
@@ -107,8 +121,7 @@ t.test('a replica lagging past the bound costs only a fallback to the primary', 
   t.match(metrics, new RegExp(`db_replica_lag_seconds\\{replica="127.0.0.1:${standby.port}/postgres"\\} [0-9.]+\\n`))
 
   await standby.resumeReplay()
-  await standby.caughtUp()
-  await replicas.checkLag()
+  await replicaCaughtUp(replicas)
   t.strictSame(await readsDuring(replicas, async () => {
     t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
   }), { primary: 0, replica: 1 }, 'caught up again: the replica')
@@ -131,4 +144,22 @@ t.test('a replica that is down costs only a fallback to the primary', async (t) 
   t.equal((await app.inject({ url: '/api/users' })).statusCode, 200)
   t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200, 'ready stays 200 while the primary answers')
   t.match((await app.inject({ url: '/metrics' })).body, /db_replica_lag_seconds\{replica="[^"]+"\} -1\n/)
+})
+
+// Last: a promoted standby is a replica no more.
+t.test('a promoted replica is read from no more', async (t) => {
+  const { app, replicas } = await appWithReplica(t, 60_000)
+  const user = await create(app, 'Promoted')
+  await replicaCaughtUp(replicas)
+  t.strictSame(await readsDuring(replicas, async () => {
+    t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
+  }), { primary: 0, replica: 1 }, 'a standby: the replica')
+
+  await standby.promote()
+  await replicas.checkLag()
+  t.equal(replicas.lags()[0]?.lagMs, undefined, 'out of recovery: not usable')
+  t.strictSame(await readsDuring(replicas, async () => {
+    t.equal((await app.inject({ url: `/api/users/${user.id}` })).statusCode, 200)
+  }), { primary: 1, replica: 0 }, 'promoted: the primary')
+  t.equal((await app.inject({ url: '/health/ready' })).statusCode, 200, 'ready')
 })

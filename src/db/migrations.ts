@@ -54,11 +54,11 @@ export async function runMigrations (options: MigrateOptions): Promise<Migration
       // The role may be this connection's own: a migration is not bound by
       // the service's statement timeout, whatever the role's defaults.
       await client.query('SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0')
-      await setSessionDefaults(client, options.sessionDefaults.role, options.sessionDefaults)
     }
     const done = await migrate({ client }, options.directory ?? migrationsDir, {
       logger: options.log
     })
+    if (options.sessionDefaults !== undefined) await setSessionDefaults(client, options.sessionDefaults.role, options.sessionDefaults)
     return { applied: done.map((migration) => migration.fileName) }
   } catch (error) {
     if (timedOut) {

@@ -1,4 +1,4 @@
-// The SQL of the event outbox (migrations/4_create-event-outbox.sql) that
+// The SQL of the event outbox (migrations/5_create-event-outbox.sql) that
 // the relay reads, marks and prunes. Writes record their events in their
 // own statements (src/db/users.ts). Nothing here talks to the broker
 // (outbox-relay.ts does).

@@ -68,17 +68,15 @@ function withoutName (config: unknown): unknown {
  * sessions start with them. Run on the migrations' direct connection; the
  * role needs to be that connection's own, or it needs CREATEROLE.
  * Sessions opened before keep their old values until the pooler replaces
- * them (PgBouncer: server_lifetime).
+ * them (PgBouncer: server_lifetime). Run after the migrations, which
+ * create the function it calls.
  */
 export async function setSessionDefaults (client: pg.Client, role: string | undefined, { statementTimeoutMs }: SessionTimeouts): Promise<void> {
-  // ALTER ROLE takes no parameters: format() quotes the name and values
-  // server-side, so the statement is built by PostgreSQL, not from text here.
-  const { rows } = await client.query<{ statement: string }>({
-    text: `SELECT format('ALTER ROLE %I IN DATABASE %I SET %s = %L', coalesce($1::text, current_user), current_database(), setting, $2::text) AS statement
-      FROM unnest(ARRAY['statement_timeout', 'idle_in_transaction_session_timeout']) AS setting`,
-    values: [role, `${statementTimeoutMs}ms`]
+  // ALTER ROLE takes no parameters: the function (migrations/4_…) builds it.
+  await client.query({
+    text: 'SELECT users_service_set_session_timeouts(coalesce($1::text, current_user), $2::text)',
+    values: [role ?? null, `${statementTimeoutMs}ms`]
   })
-  for (const { statement } of rows) await client.query(statement)
 }
 
 /** The role a database URL names; undefined: the migrations' own (current_user). */

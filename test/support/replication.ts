@@ -31,8 +31,10 @@ export interface Replication {
   standby: Cluster & {
     pauseReplay: () => Promise<void>
     resumeReplay: () => Promise<void>
-    /** Waits until the standby has replayed everything the primary has written so far. */
+    /** Waits until the standby has streamed and replayed everything the primary has written so far. */
     caughtUp: () => Promise<void>
+    /** Makes the standby a primary of its own (it takes writes, and follows the primary no more). */
+    promote: () => Promise<void>
   }
 }
 
@@ -85,10 +87,16 @@ export async function startReplication (t: Test): Promise<Replication> {
   await standby.start()
 
   const caughtUp = async (): Promise<void> => {
-    const [row] = await query(primary.url, 'SELECT pg_current_wal_lsn()::text AS lsn')
+    // The insert position: with synchronous_commit off, a commit may still
+    // sit in WAL buffers, past the write position, for up to wal_writer_delay.
+    const [row] = await query(primary.url, 'SELECT pg_current_wal_insert_lsn()::text AS lsn')
     await within((async () => {
       for (;;) {
-        const [replayed] = await query(standby.url, `SELECT pg_last_wal_replay_lsn() >= '${String(row?.lsn)}'::pg_lsn AS done`)
+        // Streamed, not only replayed from its own WAL (as after a restart,
+        // before the WAL receiver is back): the service reads only from a
+        // standby that streams.
+        const [replayed] = await query(standby.url, `SELECT coalesce(pg_last_wal_receive_lsn() >= '${String(row?.lsn)}'::pg_lsn
+          AND pg_last_wal_replay_lsn() >= '${String(row?.lsn)}'::pg_lsn, false) AS done`)
         if (replayed?.done === true) return
         await sleep(20)
       }
@@ -101,7 +109,8 @@ export async function startReplication (t: Test): Promise<Replication> {
       ...standby,
       pauseReplay: async () => { await query(standby.url, 'SELECT pg_wal_replay_pause()') },
       resumeReplay: async () => { await query(standby.url, 'SELECT pg_wal_replay_resume()') },
-      caughtUp
+      caughtUp,
+      promote: () => as(account, 'pg_ctl', ['-D', standbyDir, '-w', '-t', '60', 'promote'], folder)
     }
   }
 }
