@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Node CPU time per request of one workload: steadier than req/s on a busy
+# machine, since it counts only what the service's process spent.
+#
+#   DATABASE_URL=<a migrated, seeded database> bench/cpu-per-request.sh w2-list-users.lua [seconds]
+#
+# Starts dist/server.js (npm run build first) on a free loopback port,
+# warms up 2 s, then reads the process's user + system time around a wrk
+# run (1 thread, 64 connections) and divides by the requests answered.
+# Extra settings go in the environment (WEB_CONCURRENCY is not counted:
+# one process only).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+script=${1:?a wrk script from bench/wrk, such as w1-get-user.lua}
+seconds=${2:-8}
+port=$(node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
+NODE_ENV=production LOG_LEVEL=warn HOST=127.0.0.1 PORT=$port MIGRATE_ON_START=false AUTH_MODE=${AUTH_MODE:-none} \
+  node --max-semi-space-size=4 "$root/dist/server.js" > /dev/null 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.2; done
+wrk -t1 -c64 -d2s -s "$root/bench/wrk/$script" "http://127.0.0.1:$port/" -- warm > /dev/null
+read -r user1 system1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+output=$(wrk -t1 -c64 -d"${seconds}s" -s "$root/bench/wrk/$script" "http://127.0.0.1:$port/" -- measured)
+read -r user2 system2 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+requests=$(grep -oP '^\s*\K\d+(?= requests in)' <<< "$output")
+awk -v ticks=$((user2 + system2 - user1 - system1)) -v hz="$(getconf CLK_TCK)" -v n="$requests" -v s="$seconds" \
+  'BEGIN { printf "%d requests, %.0f req/s, node CPU %.3f ms a request\n", n, n / s, ticks * 1000 / hz / n }'
