@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import { makeThrowawayFolder, startEmbeddedPostgres } from '../dist/db/embedded.js'
 import { runMigrations } from '../dist/db/migrations.js'
+import { ensurePrerequisites } from './prerequisites.js'
 
 async function admin (url, sql) {
   const client = new pg.Client({ connectionString: url })
@@ -29,6 +30,9 @@ function withDatabase (url, database) {
   copy.pathname = `/${database}`
   return copy.toString()
 }
+
+// Redis, RabbitMQ, PgBouncer and kubectl, started or installed when they can be.
+await ensurePrerequisites()
 
 let serverUrl = process.env.DATABASE_URL
 let embedded
