@@ -551,7 +551,9 @@ t.test('the rendered pgbouncer.ini runs: Debian\'s PgBouncer pools in transactio
   const port = await freePort()
   const user = decodeURIComponent(database.username)
   const ini = (bouncerConfig.data['pgbouncer.ini'] ?? '')
-    .replace(/^users\s*=.*$/m, `users = host=${database.hostname} port=${database.port || 5432} dbname=${database.pathname.slice(1)}`)
+    // The server's own login where it asks for one (the embedded PostgreSQL does).
+    .replace(/^users\s*=.*$/m, `users = host=${database.hostname} port=${database.port || 5432} dbname=${database.pathname.slice(1)}` +
+      (database.password === '' ? '' : ` user=${user} password=${decodeURIComponent(database.password)}`))
     .replace(/^listen_addr\s*=.*$/m, 'listen_addr = 127.0.0.1')
     .replace(/^listen_port\s*=.*$/m, `listen_port = ${port}`)
     .replace(/^auth_file\s*=.*$/m, `auth_file = ${join(folder, 'userlist.txt')}\nadmin_users = ${user}`)
@@ -580,7 +582,8 @@ t.test('the rendered pgbouncer.ini runs: Debian\'s PgBouncer pools in transactio
   // service does; PgBouncer would refuse the connection if it were not ignored.
   const connect = async (name: string): Promise<pg.Client> => {
     for (let attempt = 0; ; attempt++) {
-      const client = new pg.Client({ host: '127.0.0.1', port, user, password: 'secret', database: name, statement_timeout: 5000 })
+      // A bounded wait: PgBouncer holds a client while its server login retries.
+      const client = new pg.Client({ host: '127.0.0.1', port, user, password: 'secret', database: name, statement_timeout: 5000, connectionTimeoutMillis: 5_000 })
       client.on('error', () => {})
       try {
         await client.connect()
