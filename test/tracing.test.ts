@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import amqp from 'amqplib'
 import t, { type Test } from 'tap'
-import { createTestDatabase } from './helper.js'
+import { adminQuery, createTestDatabase } from './helper.js'
 import { startOtlpSink, type OtlpSink, type ReceivedSpan } from './support/otlp-sink.js'
 import { spawnDist, within, type Spawned } from './spawn.js'
 
@@ -18,9 +18,17 @@ const SERVER = 2
 const PASSWORD = 'Tr4cingS3cretPassw0rd'
 const RECORD_IMPORTS = fileURLToPath(new URL('./support/record-imports.mjs', import.meta.url))
 
-/** The test's database, with a password in its URL (the server trusts local connections, so any will do). */
+/**
+ * The test's database, as a role of the test's own whose password is
+ * PASSWORD: a server that checks passwords (the embedded PostgreSQL) takes
+ * it, and none of the default names ('postgres') can hide in a span.
+ */
 async function databaseWithPassword (t: Test): Promise<string> {
   const url = new URL(await createTestDatabase(t))
+  const role = `tracing_${randomBytes(4).toString('hex')}`
+  await adminQuery(`CREATE ROLE ${role} LOGIN SUPERUSER PASSWORD '${PASSWORD}'`)
+  t.teardown(() => adminQuery(`DROP ROLE IF EXISTS ${role}`))
+  url.username = role
   url.password = PASSWORD
   return url.toString()
 }
