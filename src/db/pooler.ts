@@ -17,6 +17,7 @@
 // - The backend pid a client learns at connect is the pooler's, not a
 //   server's: writes.ts asks for the real one inside each transaction.
 import pg from 'pg'
+import { databaseTypes } from './types.js'
 
 export type Pooler = 'none' | 'transaction'
 
@@ -60,6 +61,36 @@ function withoutName (config: unknown): unknown {
   if (typeof config !== 'object' || config === null || !('name' in config)) return config
   const { name: _name, ...unnamed } = config as Record<string, unknown>
   return unnamed
+}
+
+export interface PoolSettings extends SessionTimeouts {
+  poolMax: number
+  connectTimeoutMs: number
+  pooler: Pooler
+  poolerKeepsPreparedStatements: boolean
+}
+
+/**
+ * The pool configuration every pool of requests uses (the primary's and
+ * each replica's): every wait bounded, so a database that is down or
+ * stalled turns into a quick 503 rather than a hung request.
+ */
+export function poolConfig (connectionString: string, settings: PoolSettings): pg.PoolConfig {
+  return {
+    connectionString,
+    max: settings.poolMax,
+    // node-postgres would wait forever for a free client by default.
+    connectionTimeoutMillis: settings.connectTimeoutMs,
+    idleTimeoutMillis: 30_000,
+    // The server cancels a slow statement; the client gives up a little
+    // later in case the server itself is what stopped answering.
+    ...startupTimeouts(settings.pooler, settings),
+    query_timeout: settings.statementTimeoutMs + 1_000,
+    Client: clientClassFor(settings.pooler, settings.poolerKeepsPreparedStatements),
+    keepAlive: true,
+    application_name: 'users-service',
+    types: databaseTypes
+  }
 }
 
 /**

@@ -4,8 +4,7 @@
 // replicas are configured (plugins/database.ts).
 import pg from 'pg'
 import type { QueryRunner } from './read-pipeline.js'
-import { databaseTypes } from './types.js'
-import { clientClassFor, startupTimeouts, type Pooler } from './pooler.js'
+import { poolConfig, type Pooler } from './pooler.js'
 import type { ReadSource, Readers } from './readers.js'
 
 export interface ReplicaOptions {
@@ -55,18 +54,7 @@ export class ReplicaReaders implements Readers {
     this.replicas = options.urls.map((url) => {
       const parsed = new URL(url)
       const name = `${parsed.hostname}:${parsed.port === '' ? '5432' : parsed.port}${parsed.pathname}`
-      const pool = new pg.Pool({
-        connectionString: url,
-        max: options.poolMax,
-        connectionTimeoutMillis: options.connectTimeoutMs,
-        idleTimeoutMillis: 30_000,
-        ...startupTimeouts(options.pooler, options),
-        query_timeout: options.statementTimeoutMs + 1_000,
-        Client: clientClassFor(options.pooler, options.poolerKeepsPreparedStatements),
-        keepAlive: true,
-        application_name: 'users-service',
-        types: databaseTypes
-      })
+      const pool = new pg.Pool(poolConfig(url, options))
       pool.on('error', (error) => options.onError(error, name))
       // A checked-out client's socket error would otherwise end the process.
       pool.on('connect', (client) => client.on('error', () => {}))

@@ -1,9 +1,8 @@
 import fastifyPostgres from '@fastify/postgres'
 import fp from 'fastify-plugin'
-import { clientClassFor, startupTimeouts, type Pooler } from '../db/pooler.js'
+import { poolConfig, type Pooler } from '../db/pooler.js'
 import { ReadPipeline, type QueryRunner } from '../db/read-pipeline.js'
 import { primaryReaders, type Readers } from '../db/readers.js'
-import { databaseTypes } from '../db/types.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -34,21 +33,7 @@ export interface DatabaseOptions {
  * that is down or stalled turns into a quick 503 rather than a hung request.
  */
 export default fp<DatabaseOptions>(async function database (fastify, options) {
-  await fastify.register(fastifyPostgres, {
-    connectionString: options.connectionString,
-    max: options.poolMax,
-    // node-postgres would wait forever for a free client by default.
-    connectionTimeoutMillis: options.connectTimeoutMs,
-    idleTimeoutMillis: 30_000,
-    // The server cancels a slow statement; the client gives up a little
-    // later in case the server itself is what stopped answering.
-    ...startupTimeouts(options.pooler, options),
-    query_timeout: options.statementTimeoutMs + 1_000,
-    Client: clientClassFor(options.pooler, options.poolerKeepsPreparedStatements),
-    keepAlive: true,
-    application_name: 'users-service',
-    types: databaseTypes
-  })
+  await fastify.register(fastifyPostgres, poolConfig(options.connectionString, options))
 
   // @fastify/postgres adds no listener: an idle client dropped by a database
   // restart would otherwise crash the process. The pool replaces it.
