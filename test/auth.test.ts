@@ -204,6 +204,44 @@ t.test('an unknown kid refetches the key set at most every 30 s, so a rotated ke
   t.equal((await withToken(app, await tokenFor(rsa))).statusCode, 200, 'the old key still works while published')
 })
 
+t.test('a verified token is remembered with its scopes, never past its exp, and only for the same bytes', async (t) => {
+  const jwks = await JwksServer.start([ec])
+  t.teardown(() => jwks.stop())
+  const { app } = await authApp(t, jwksEnv(jwks))
+  const reader = await tokenFor(ec, { claims: { scope: 'users:read' }, expiresIn: 20 })
+  for (let request = 1; request <= 3; request++) {
+    t.equal((await withToken(app, reader)).statusCode, 200, `request ${request} with the same token`)
+  }
+  const write = await withToken(app, reader, { method: 'POST', url: '/api/users', payload: { name: 'no' } })
+  t.equal(write.statusCode, 403, 'the remembered caller has only the scopes its token gave')
+
+  const signatureStart = reader.lastIndexOf('.') + 1
+  const flipped = reader[signatureStart + 5] === 'A' ? 'B' : 'A'
+  const tampered = `${reader.slice(0, signatureStart + 5)}${flipped}${reader.slice(signatureStart + 6)}`
+  const forged = await withToken(app, tampered)
+  t.equal(forged.statusCode, 401, 'one changed byte of a remembered token is another token, verified on its own')
+  t.match(forged.headers['www-authenticate'], /error_description="the token's signature does not verify"/)
+
+  advanceClock(t, (20 + 31) * 1_000) // within the 60 s a token is remembered
+  const expired = await withToken(app, reader)
+  t.equal(expired.statusCode, 401, 'past its exp (and the 30 s tolerance) the remembered token is refused')
+  t.match(expired.headers['www-authenticate'], /error_description="the token has expired"/)
+})
+
+t.test('a token whose key left the key set stops working when the key set is next refetched, remembered or not', async (t) => {
+  const jwks = await JwksServer.start([rsa, ec])
+  t.teardown(() => jwks.stop())
+  const { app } = await authApp(t, jwksEnv(jwks))
+  const token = await tokenFor(ec, { expiresIn: 3600 })
+  t.equal((await withToken(app, token)).statusCode, 200, 'verified, and remembered')
+  jwks.serve([rsa])
+  advanceClock(t, 10 * 60_000 + 1_000)
+  const dropped = await withToken(app, token)
+  t.equal(dropped.statusCode, 401, '10 min on, the key set is refetched without the key, though the token has 50 min left')
+  t.match(dropped.headers['www-authenticate'], /error_description="no known key matches the token"/)
+  t.equal(jwks.fetches, 2)
+})
+
 t.test('the JWKS endpoint down: cached keys keep working; a key never fetched gives 503 with Retry-After', async (t) => {
   const jwks = await JwksServer.start([rsa])
   t.teardown(() => jwks.stop())

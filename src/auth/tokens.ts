@@ -14,6 +14,7 @@ import {
   type JWTPayload
 } from 'jose'
 import { createPublicKey } from 'node:crypto'
+import { rememberingVerifier } from './verified-tokens.js'
 
 /** The asymmetric algorithms a token may be signed with; never none or an HMAC. */
 export const ALGORITHMS = ['RS256', 'ES256', 'EdDSA']
@@ -32,6 +33,8 @@ export interface Caller {
   /** The token's subject; absent when the token has none. */
   sub: string | undefined
   scopes: Set<string>
+  /** When the token expires (its exp), in ms since the epoch. */
+  expiresAt: number
 }
 
 export type KeySource = { jwksUrl: string } | { publicKey: string }
@@ -60,7 +63,7 @@ export async function createVerifier (options: VerifierOptions): Promise<Verifie
   const { getKey, algorithms } = 'jwksUrl' in options.keys
     ? { getKey: jwksKeys(options.keys.jwksUrl), algorithms: ALGORITHMS }
     : await publicKey(options.keys.publicKey)
-  return async function verify (token) {
+  async function verify (token: string): Promise<Caller> {
     let payload: JWTPayload
     try {
       ({ payload } = await jwtVerify(token, getKey, {
@@ -68,14 +71,21 @@ export async function createVerifier (options: VerifierOptions): Promise<Verifie
         audience: options.audience,
         algorithms,
         clockTolerance: CLOCK_TOLERANCE_SECONDS,
+        // One clock for exp here and in the cache of verified tokens (jose's own is new Date()).
+        currentDate: new Date(Date.now()),
         requiredClaims: ['exp']
       }))
     } catch (error) {
       if (error instanceof KeysUnavailableError) throw error
       throw new TokenRejectedError(whyRejected(error))
     }
-    return { sub: typeof payload.sub === 'string' ? payload.sub : undefined, scopes: scopesOf(payload) }
+    return {
+      sub: typeof payload.sub === 'string' ? payload.sub : undefined,
+      scopes: scopesOf(payload),
+      expiresAt: (payload.exp as number) * 1_000 // required, and checked a number, by jwtVerify
+    }
   }
+  return rememberingVerifier(verify)
 }
 
 /** One PEM key, for the one algorithm its kind of key signs with. */
