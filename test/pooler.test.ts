@@ -2,7 +2,6 @@
 // (DATABASE_POOLER=transaction): every route, the timeouts, a keyed create
 // whose outcome is unknown, and migrations on their direct connection.
 import { randomBytes } from 'node:crypto'
-import amqp from 'amqplib'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.js'
@@ -12,6 +11,7 @@ import { migrateOptions } from '../src/startup.js'
 import { createTestDatabase, serverUrl, testConfig } from './helper.js'
 import { sleep, spawnDist, within } from './spawn.js'
 import { startPgBouncer, type PgBouncer } from './support/pgbouncer.js'
+import { brokerUrl, consume } from './support/rabbitmq.js'
 import { TcpProxy } from './support/tcp-proxy.js'
 
 const json = { 'content-type': 'application/json' }
@@ -93,21 +93,10 @@ t.test('every route works through PgBouncer in transaction mode, on server sessi
 })
 
 t.test('behind the pooler, writes record their events and the relay publishes them', async (t) => {
-  const exchange = `users_pooler_${randomBytes(6).toString('hex')}`
-  const connection = await amqp.connect('amqp://guest:guest@127.0.0.1:5672')
-  const channel = await connection.createChannel()
-  await channel.assertExchange(exchange, 'topic', { durable: true })
-  const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true })
-  await channel.bindQueue(queue, exchange, 'user.*')
-  const received: string[] = []
-  await channel.consume(queue, (message) => { if (message !== null) received.push(message.fields.routingKey) }, { noAck: true })
-  t.teardown(async () => {
-    await channel.deleteExchange(exchange)
-    await connection.close()
-  })
+  const { exchange, waitFor } = await consume(t, `users_pooler_${randomBytes(6).toString('hex')}`)
   // Two server sessions: the relay's claims and marks land on changing ones.
   const bouncer = await startPgBouncer(t, serverUrl, { poolSize: 2 })
-  const { app } = await pooledApp(t, bouncer, { EVENTS_AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672', EVENTS_EXCHANGE: exchange, EVENTS_POLL_INTERVAL_MS: '50' })
+  const { app } = await pooledApp(t, bouncer, { EVENTS_AMQP_URL: brokerUrl(), EVENTS_EXCHANGE: exchange, EVENTS_POLL_INTERVAL_MS: '50' })
   for (let i = 0; i < 5; i++) {
     const created = await app.inject({ method: 'POST', url: '/api/users', headers: json, payload: { name: `e${i}`, email: `e${i}@example.com` } })
     t.equal(created.statusCode, 201)
@@ -116,7 +105,7 @@ t.test('behind the pooler, writes record their events and the relay publishes th
   }
   const found = await app.inject({ url: '/api/users?email=E3@EXAMPLE.COM' })
   t.equal(found.json().items[0]?.name, 'f3', 'the email lookup works through the pooler too')
-  await within((async () => { while (received.length < 10) await sleep(20) })(), 30_000, 'ten events')
+  const received = (await waitFor(10)).map((event) => event.routingKey)
   t.equal(received.filter((key) => key === 'user.created').length, 5)
   t.equal(received.filter((key) => key === 'user.updated').length, 5)
   t.notMatch(await bouncer.log(), /unsupported startup parameter|prepared statement/i, 'PgBouncer refused nothing')

@@ -7,11 +7,11 @@ import { readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import amqp from 'amqplib'
 import t, { type Test } from 'tap'
 import { adminQuery, createTestDatabase } from './helper.js'
 import { startOtlpSink, type OtlpSink, type ReceivedSpan } from './support/otlp-sink.js'
-import { spawnDist, within, type Spawned } from './spawn.js'
+import { brokerUrl, consume } from './support/rabbitmq.js'
+import { spawnDist, type Spawned } from './spawn.js'
 
 const LISTENING = /^Server listening at (http:\/\/127\.0\.0\.1:\d+)$/
 const SERVER = 2
@@ -133,22 +133,11 @@ t.test('http/protobuf: a request continues the caller\'s trace; each SQL stateme
 
 t.test('with events on, each event carries the trace of the request that caused it', async (t) => {
   // A consumer of the test's own exchange on the machine's RabbitMQ.
-  const exchange = `users_tracing_${randomBytes(6).toString('hex')}`
-  const connection = await amqp.connect('amqp://guest:guest@127.0.0.1:5672')
-  const channel = await connection.createChannel()
-  await channel.assertExchange(exchange, 'topic', { durable: true })
-  const { queue } = await channel.assertQueue('', { exclusive: true, autoDelete: true })
-  await channel.bindQueue(queue, exchange, 'user.*')
-  const events: Array<Record<string, any>> = []
-  await channel.consume(queue, (message) => { if (message !== null) events.push(JSON.parse(message.content.toString('utf8'))) }, { noAck: true })
-  t.teardown(async () => {
-    await channel.deleteExchange(exchange)
-    await connection.close()
-  })
+  const { exchange, waitFor } = await consume(t, `users_tracing_${randomBytes(6).toString('hex')}`)
   const otlp = await sink(t)
   const server = await startServer(t, {
     OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url,
-    EVENTS_AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672',
+    EVENTS_AMQP_URL: brokerUrl(),
     EVENTS_EXCHANGE: exchange
   })
 
@@ -160,8 +149,7 @@ t.test('with events on, each event carries the trace of the request that caused 
   })
   t.equal(created.status, 201)
   const post = await otlp.waitForSpan((span) => span.name === 'POST /api/users', 'POST /api/users')
-  await within((async () => { while (events.length < 1) await new Promise((resolve) => setTimeout(resolve, 20)) })(), 30_000, 'the user.created event')
-  const [event] = events
+  const [event] = (await waitFor(1)).map((received) => received.event)
   t.equal(event?.type, 'user.created')
   t.equal(event?.subject, String(created.body.id))
   t.match(event?.traceparent, new RegExp(`^00-${callerTrace}-[0-9a-f]{16}-01$`), 'the traceparent of the caller\'s trace (CloudEvents distributed tracing)')

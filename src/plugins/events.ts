@@ -5,8 +5,7 @@ import { Counter, Gauge, type Registry } from 'prom-client'
 import type { EventsConfig } from '../config.js'
 import { outboxBacklog, type EventContext } from '../db/outbox.js'
 import { CONFIRM_TIMEOUT_MS, OutboxRelay } from '../db/outbox-relay.js'
-import { clientClassFor, type Pooler } from '../db/pooler.js'
-import { databaseTypes } from '../db/types.js'
+import { poolConfig, type Pooler } from '../db/pooler.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -39,25 +38,24 @@ const WRITE_METHODS = new Set(['POST', 'PATCH', 'DELETE'])
  * Registered only when EVENTS_AMQP_URL is set.
  */
 export default fp<EventsOptions>(async function events (fastify, options) {
-  // The relay's own connections: a slow broker never holds one the requests need.
+  // The relay's own connections: a slow broker never holds one the requests
+  // need. Configured as the requests' pools are (src/db/pooler.ts: the
+  // pooler's mode, timeouts, client class, types), but for what follows.
+  const { connectTimeoutMs, statementTimeoutMs, pooler, poolerKeepsPreparedStatements } = options
   const pool = new pg.Pool({
-    connectionString: options.connectionString,
-    max: 2,
-    connectionTimeoutMillis: options.connectTimeoutMs,
+    ...poolConfig(options.connectionString, { poolMax: 2, connectTimeoutMs, statementTimeoutMs, pooler, poolerKeepsPreparedStatements }),
+    // pg's default: the relay's connections have always been let go after 10 s idle.
+    idleTimeoutMillis: 10_000,
     // Behind a transaction pooler no startup parameter: the role's defaults
-    // hold the timeouts there (src/db/pooler.ts), and statements go unnamed.
+    // hold the timeouts there (src/db/pooler.ts).
     ...(options.pooler === 'transaction'
       ? {}
       : {
-          statement_timeout: options.statementTimeoutMs,
           // A round's transaction waits for the broker's confirms: not cut short by a short statement timeout.
           idle_in_transaction_session_timeout: Math.max(options.statementTimeoutMs, 2 * CONFIRM_TIMEOUT_MS)
         }),
-    Client: clientClassFor(options.pooler, options.poolerKeepsPreparedStatements),
-    query_timeout: options.statementTimeoutMs + 1_000,
-    keepAlive: true,
-    application_name: 'users-service-outbox-relay',
-    types: databaseTypes
+    // Its own name, so the requests' connections can be told from its.
+    application_name: 'users-service-outbox-relay'
   })
   pool.on('error', (error) => fastify.log.warn({ err: error }, 'an idle outbox relay connection failed'))
   pool.on('connect', (client) => client.on('error', () => {}))
