@@ -27,7 +27,8 @@ trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.2; done
 wrk -t1 -c64 -d2s -s "$root/bench/wrk/$script" "http://127.0.0.1:$port/" -- warm > /dev/null
 # The database's CPU: every postgres process's user + system ticks (its backends serve this run).
-postgres_ticks () { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" { sum += $14 + $15 } END { print sum + 0 }'; }
+# A process that ends between the glob and cat makes cat fail: not a failure of the run.
+postgres_ticks () { { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '$2 == "(postgres)" { sum += $14 + $15 } END { print sum + 0 }'; }
 read -r user1 system1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
 pg1=$(postgres_ticks)
 output=$(wrk -t1 -c64 -d"${seconds}s" -s "$root/bench/wrk/$script" "http://127.0.0.1:$port/" -- measured)
