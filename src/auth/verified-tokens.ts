@@ -5,7 +5,7 @@
 // caller it verified as, until its exp or REMEMBER_FOR_MS, whichever
 // comes first, so a token never outlives its exp and a key dropped from the
 // key set stops its tokens about as soon as it would without the cache.
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import { LruMap } from 'toad-cache'
 import type { Caller, Verifier } from './tokens.js'
 
@@ -19,7 +19,7 @@ export function rememberingVerifier (verify: Verifier): Verifier {
   return async function verifyOnce (token) {
     // Keyed by digest: a token can be kilobytes, and only the same bytes
     // are the same token.
-    const key = createHash('sha256').update(token).digest('base64')
+    const key = hash('sha256', token, 'base64')
     const known = remembered.get(key)
     if (known !== undefined && Date.now() < known.expiresAt) return known
     const caller = await verify(token)
