@@ -1,4 +1,5 @@
-import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
+import { pino, type Bindings, type DestinationStream, type Logger, type LoggerOptions } from 'pino'
 import type { Config } from './config.js'
 
 type LoggerConfig = Pick<Config, 'logLevel' | 'logPretty'> & {
@@ -71,4 +72,22 @@ function redactingStream (secrets: RegExp[]): DestinationStream {
   // pino's own destination (standard output, synchronous, as by default).
   const out = pino.destination({ dest: 1, sync: true })
   return { write: (line: string) => out.write(redact(line, secrets)) }
+}
+
+/**
+ * Adds fields to every log line of one request, its answer's line
+ * included (written through reply.log). The request's logger is its own
+ * (Fastify makes one per request), so they are bound to it in place: one
+ * more child logger per request cost 6% of node's CPU on W1. A logger
+ * without setBindings gets a child instead.
+ */
+export function bindToRequestLog (request: FastifyRequest, reply: FastifyReply, bindings: Bindings): void {
+  const log = request.log as FastifyBaseLogger & Partial<Pick<Logger, 'setBindings'>>
+  if (typeof log.setBindings === 'function') {
+    log.setBindings(bindings)
+  } else {
+    const child = log.child(bindings)
+    request.log = child
+    reply.log = child
+  }
 }

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { TracingConfig } from '../config.js'
+import { bindToRequestLog } from '../logger.js'
 import { startTracing } from '../tracing/start.js'
 
 /**
@@ -17,8 +18,7 @@ export default fp<TracingConfig>(async function tracing (fastify, config) {
     // An unsampled request's ids lead to no trace: its lines stay as they are.
     if (span == null || !span.isRecording()) return
     const { traceId, spanId } = span.spanContext()
-    request.log = request.log.child({ trace_id: traceId, span_id: spanId })
-    reply.log = request.log
+    bindToRequestLog(request, reply, { trace_id: traceId, span_id: spanId })
   })
   // The last spans, sent before the process exits; a collector that is down
   // must not fail the shutdown.
