@@ -11,6 +11,9 @@
 # one process only). PEER=express measures bench/peers/express.js instead,
 # It also counts the CPU of every postgres process on this machine over
 # the same run (a local database server; root reads them all).
+# CPU_PROFILE=<folder> runs the service with node --cpu-prof into it (the
+# profile is written when the service stops); bench/profile-summary.js
+# reads it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 script=${1:?a wrk script from bench/wrk, such as w1-get-user.lua}
@@ -20,10 +23,11 @@ if [[ "${PEER:-}" == express ]]; then
   NODE_ENV=production PORT=$port node "$root/bench/peers/express.js" > /dev/null 2>&1 &
 else
   NODE_ENV=production LOG_LEVEL=warn HOST=127.0.0.1 PORT=$port MIGRATE_ON_START=false AUTH_MODE=${AUTH_MODE:-none} \
-    node --max-semi-space-size=4 "$root/dist/server.js" > /dev/null 2>&1 &
+    node --max-semi-space-size=4 ${CPU_PROFILE:+--cpu-prof --cpu-prof-dir="$CPU_PROFILE"} "$root/dist/server.js" > /dev/null 2>&1 &
 fi
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+# The service writes its profile on the way out: wait for it.
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.2; done
 wrk -t1 -c64 -d2s -s "$root/bench/wrk/$script" "http://127.0.0.1:$port/" -- warm > /dev/null
 # The database's CPU: every postgres process's user + system ticks (its backends serve this run).
